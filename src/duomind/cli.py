@@ -1,0 +1,79 @@
+"""The `duomind` command line: one verb table, each verb a thin call into the library.
+
+Verbs are generated from function signatures with jsonargparse (as litgpt does), so every verb has
+`--help`, and `--config recipe.yaml` gives defaults that flags override. Only the module of the verb
+being run is imported, so `duomind --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+
+# "verb [sub-verb]" -> ("module:function", one-line description). Keep sorted by verb.
+VERBS: dict[str, tuple[str, str]] = {
+    "convert": ("duomind.convert:convert_cli", "Convert a Hugging Face checkpoint to DuoMind or back (direction from SRC)."),
+    "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
+    "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
+    "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
+    "tokenizer train": ("duomind.tokenizer:train_cli", "Train a byte-level BPE tokenizer with chat template and reasoning tokens."),
+    "train": ("duomind.train.cli:train_cli", "Pre-train, fine-tune (SFT) or distil (KD) a model from a recipe."),
+}
+
+
+def _groups() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for verb in VERBS:
+        head, _, sub = verb.partition(" ")
+        groups.setdefault(head, [])
+        if sub:
+            groups[head].append(sub)
+    return groups
+
+
+def _print_help(prefix: str = "") -> None:
+    rows = [(v, d) for v, (_, d) in sorted(VERBS.items()) if v.startswith(prefix)]
+    width = max(len(v) for v, _ in rows)
+    print("usage: duomind <verb> [options]   (duomind <verb> --help for a verb's options)\n")
+    print("verbs:")
+    for verb, doc in rows:
+        print(f"  {verb.ljust(width)}  {doc}")
+
+
+def _resolve(argv: list[str]) -> tuple[str, list[str]]:
+    for n in (2, 1):
+        key = " ".join(argv[:n])
+        if len(argv) >= n and key in VERBS:
+            return key, argv[n:]
+    head = argv[0]
+    if head in _groups():  # a group name alone: list its sub-verbs
+        _print_help(head + " ")
+        raise SystemExit(0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2)
+    close = difflib.get_close_matches(" ".join(argv[:2]), VERBS, n=3) or difflib.get_close_matches(head, VERBS, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise SystemExit(f"duomind: unknown verb {head!r}.{hint} Run `duomind --help` for the list.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_help()
+        return 0
+    if argv[0] == "--version":
+        from duomind import __version__
+
+        print(__version__)
+        return 0
+    verb, rest = _resolve(argv)
+    target, doc = VERBS[verb]
+    module, _, func = target.partition(":")
+    fn = getattr(importlib.import_module(module), func)
+    from jsonargparse import CLI
+
+    CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Dataclass configs and presets. No torch import here: the CLI, the simulator and recipes read configs cheaply.
+
+`ModelConfig` describes every member of the DuoMind decoder family (see `duomind.model`); variants are
+flags, not subclasses. Field names follow Hugging Face's Llama config where one exists, so converted
+checkpoints read naturally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+NORM_STYLES = ("pre", "sandwich", "dssn")
+INITS = ("normal", "tiny")
+ACTIVATIONS = ("silu", "gelu_tanh")
+MLP_TYPES = ("dense",)
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class ConfigError(ValueError):
+    """A config field is unknown, missing or out of range; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """One member of the DuoMind decoder family.
+
+    Attributes:
+        vocab_size: Rows of the embedding and the LM head.
+        hidden_size: Residual stream width d.
+        num_hidden_layers: Number of decoder blocks L.
+        num_attention_heads: Query heads.
+        num_key_value_heads: Key/value heads (GQA); must divide the query heads.
+        head_dim: Per-head width; defaults to hidden_size // num_attention_heads.
+        intermediate_size: SwiGLU inner width; defaults to 8/3 d rounded up to a multiple of 16.
+        max_position_embeddings: Longest sequence the model is meant for (the KV cache's default size).
+        rope_base: RoPE base.
+        rope_scale: Optional RoPE scaling, e.g. {"rope_type": "llama3", "factor": 8.0, ...} or
+            {"rope_type": "linear", "factor": 2.0}.
+        rms_norm_eps: RMSNorm epsilon.
+        qkv_bias: Bias on q/k/v projections (Qwen2).
+        o_bias: Bias on the attention output projection.
+        mlp_bias: Bias on the MLP projections.
+        qk_norm: Per-head RMSNorm on queries and keys before RoPE (Qwen3).
+        tie_word_embeddings: Share the embedding matrix with the LM head.
+        hidden_act: MLP gate activation, "silu" (SwiGLU) or "gelu_tanh" (GeGLU, Gemma).
+        norm_style: "pre" (Llama), "sandwich" (Gemma 2: a second norm on each sub-layer output) or
+            "dssn" (Pangu Ultra depth-scaled sandwich norm: the post-norm gain starts at c / sqrt(L)).
+        init: "normal" (std init_std) or "tiny" (TinyInit: std sqrt(1 / (2 d L)), embeddings std 0.5).
+        init_std: Standard deviation of the "normal" init.
+        c_attn: DSSN post-norm gain constant of the attention sub-layer.
+        c_mlp: DSSN post-norm gain constant of the MLP sub-layer.
+        mlp_type: "dense" (SwiGLU). MoE variants plug in here.
+        scale_embeddings: Multiply embeddings by sqrt(d) (Gemma).
+        attn_scale: Attention logit scale; defaults to head_dim ** -0.5.
+        attn_softcap: tanh soft-capping of attention logits (Gemma 2); None disables.
+        final_softcap: tanh soft-capping of the output logits (Gemma 2); None disables.
+        attention_window: Sliding-window size for the layers in `window_layers`; None disables.
+        window_layers: Indices of the layers that use the sliding window (None: all, when a window is set).
+        bos_token_id: Beginning-of-sequence token id, if the tokenizer has one.
+        eos_token_id: End-of-sequence token id(s).
+        pad_token_id: Padding token id.
+    """
+
+    vocab_size: int = 320
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 2048
+    rope_base: float = 10000.0
+    rope_scale: dict[str, Any] | None = None
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    tie_word_embeddings: bool = False
+    hidden_act: str = "silu"
+    norm_style: str = "pre"
+    init: str = "normal"
+    init_std: float = 0.02
+    c_attn: float = 0.283
+    c_mlp: float = 0.432
+    mlp_type: str = "dense"
+    scale_embeddings: bool = False
+    attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    attention_window: int | None = None
+    window_layers: list[int] | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                    f"{self.num_attention_heads}; set head_dim explicitly or change one of them."
+                )
+            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
+        if self.intermediate_size is None:
+            self.intermediate_size = 16 * math.ceil(8 * self.hidden_size / 3 / 16)
+        if self.window_layers is not None:
+            self.window_layers = [int(i) for i in self.window_layers]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first inconsistent field and how to fix it."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
+                f"{self.num_attention_heads} (grouped-query attention shares each KV head across a group)."
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings.")
+        for name, allowed in (("norm_style", NORM_STYLES), ("init", INITS), ("hidden_act", ACTIVATIONS),
+                              ("mlp_type", MLP_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}.")
+        if self.rope_scale is not None:
+            kind = self.rope_scale.get("rope_type", self.rope_scale.get("type", "default"))
+            if kind not in ROPE_TYPES:
+                raise ConfigError(f"rope_scale type {kind!r} is not supported; supported: {list(ROPE_TYPES)}.")
+        if self.rms_norm_eps <= 0 or self.init_std <= 0 or self.rope_base <= 0:
+            raise ConfigError("rms_norm_eps, init_std and rope_base must be positive.")
+        if self.window_layers is not None:
+            bad = [i for i in self.window_layers if not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ConfigError(f"window_layers {bad} are outside 0..{self.num_hidden_layers - 1}.")
+        if self.attention_window is not None and self.attention_window <= 0:
+            raise ConfigError(f"attention_window must be positive, got {self.attention_window}.")
+
+    # --- derived sizes ---
+    @property
+    def uses_window(self) -> list[bool]:
+        """Per layer: whether it attends through the sliding window."""
+        if self.attention_window is None:
+            return [False] * self.num_hidden_layers
+        chosen = set(range(self.num_hidden_layers) if self.window_layers is None else self.window_layers)
+        return [i in chosen for i in range(self.num_hidden_layers)]
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameter count computed from the config alone (matches the built model)."""
+        d, h, kv, hd, f = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads,
+                           self.head_dim, self.intermediate_size)
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        attn += (h * hd + 2 * kv * hd) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
+        mlp = 3 * d * f + (2 * f + d) * self.mlp_bias
+        norms = d * (4 if self.norm_style != "pre" else 2)
+        total = self.num_hidden_layers * (attn + mlp + norms) + d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return total
+
+    # --- I/O ---
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> ModelConfig:
+        return from_dict(cls, data, where)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}.")
+        return from_dict(cls, {**PRESETS[name], **overrides}, f"preset {name!r}")
+
+
+# Named sizes. "tiny" is what tests use; "demo" trains in minutes here; "base-20m" is bench-base.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "demo": dict(vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=384, max_position_embeddings=512,
+                 tie_word_embeddings=True),
+    "base-20m": dict(vocab_size=2048, hidden_size=384, num_hidden_layers=10, num_attention_heads=6,
+                     num_key_value_heads=2, intermediate_size=1024, max_position_embeddings=1024),
+}
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from `data`, rejecting unknown fields with a did-you-mean hint."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, names, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(hints)}. Known fields: {sorted(names)}.")
+    try:
+        return cls(**data)
+    except TypeError as err:  # wrong argument types surface here
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict with clear errors for missing, empty or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the path.")
+    text = path.read_text()
+    if not text.strip():
+        raise ConfigError(f"config file {str(path)!r} is empty; write the fields as YAML mapping.")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of fields, got {type(data).__name__}.")
+    return data

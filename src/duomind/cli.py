@@ -71,8 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), func)
     from jsonargparse import CLI
 
-    CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
+    config_cls = _single_dataclass_param(fn)
+    if config_cls is not None:  # flat flags and YAML keys map straight onto the dataclass's fields
+        fn(CLI(config_cls, args=rest, prog=f"duomind {verb}", description=doc))
+    else:
+        CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
     return 0
+
+
+def _single_dataclass_param(fn) -> type | None:
+    """The dataclass type of `fn`'s only parameter, if that is its signature."""
+    import dataclasses
+    import inspect
+    import typing
+
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 1:
+        return None
+    hint = typing.get_type_hints(fn).get(params[0])
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -230,3 +230,100 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of fields, got {type(data).__name__}.")
     return data
+
+
+TRAIN_MODES = ("pretrain", "sft", "kd")
+PRECISIONS = ("auto", "fp32", "bf16-mixed")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: pre-training, SFT (loss on assistant tokens only) or knowledge distillation.
+
+    Attributes:
+        out_dir: Run directory: checkpoints, metrics.jsonl, loss.png. An existing run there is resumed.
+        mode: "pretrain" (text), "sft" (chat records, loss on assistant tokens) or "kd" (SFT data plus
+            forward KL to a teacher's logits).
+        data: Training data: a .txt file (one document per line) or .jsonl ({"text"} or chat {"messages"}).
+        eval_data: Optional held-out data in the same format, for eval loss.
+        tokenizer: Tokenizer directory; defaults to the tokenizer saved with `init_from`.
+        model_preset: Named model size from duomind.config.PRESETS (ignored with `init_from`).
+        model: ModelConfig field overrides, e.g. {norm_style: dssn, init: tiny}. vocab_size defaults to the
+            tokenizer's size.
+        init_from: Checkpoint directory to start from (SFT, KD, continued pre-training).
+        teacher: Teacher checkpoint directory (mode kd).
+        kd_temperature: Softmax temperature of the distillation loss.
+        kd_alpha: Weight of the KL term; (1 - kd_alpha) weights the usual cross-entropy.
+        seq_len: Tokens per training sequence (longer examples are truncated).
+        global_batch_size: Sequences per optimizer step, over all processes.
+        micro_batch_size: Sequences per forward pass per process (gradient accumulation fills the rest).
+        max_steps: Optimizer steps of the whole run (the LR schedule spans them).
+        stop_at: Stop early after this many steps (the schedule still spans max_steps); resume continues.
+        lr: Peak learning rate.
+        min_lr: Final learning rate of the cosine decay.
+        warmup_steps: Linear warmup steps.
+        weight_decay: AdamW weight decay (not applied to norms, biases, embeddings).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+        grad_clip: Max global gradient norm (0 disables).
+        precision: "auto" (bf16-mixed on CUDA, fp32 on CPU), "fp32" or "bf16-mixed".
+        seed: Seed for initialisation and data order.
+        log_every: Steps between metric lines.
+        eval_every: Steps between evaluations (0: only at the end, when eval_data is set).
+        eval_batches: Micro-batches per evaluation.
+        save_every: Steps between checkpoints (the final step is always saved).
+        keep_last: Complete checkpoints to keep.
+        threads: torch intra-op threads (None: torch's default).
+        progress: Show a progress bar.
+    """
+
+    out_dir: str = "runs/train"
+    mode: str = "pretrain"
+    data: str = "data/corpus.txt"
+    eval_data: str | None = None
+    tokenizer: str | None = None
+    model_preset: str = "tiny"
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_from: str | None = None
+    teacher: str | None = None
+    kd_temperature: float = 1.0
+    kd_alpha: float = 1.0
+    seq_len: int = 256
+    global_batch_size: int = 16
+    micro_batch_size: int = 16
+    max_steps: int = 500
+    stop_at: int | None = None
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    save_every: int = 100
+    keep_last: int = 2
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in TRAIN_MODES:
+            raise ConfigError(f"mode={self.mode!r} is not one of {list(TRAIN_MODES)}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r} is not one of {list(PRECISIONS)}.")
+        if self.mode == "kd" and not self.teacher:
+            raise ConfigError("mode='kd' needs a teacher checkpoint: set teacher: path/to/checkpoint.")
+        for name in ("seq_len", "global_batch_size", "micro_batch_size", "max_steps", "save_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(f"global_batch_size={self.global_batch_size} must be a multiple of "
+                              f"micro_batch_size={self.micro_batch_size}.")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise ConfigError("kd_alpha must lie in [0, 1] and kd_temperature must be positive.")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0; got lr={self.lr}, min_lr={self.min_lr}.")

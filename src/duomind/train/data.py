@@ -1,0 +1,125 @@
+"""Training data: token windows for pre-training, prompt-masked chats for SFT/KD, deterministic order.
+
+The batch of any step is a pure function of (seed, step), so resuming needs only the step count and a
+2-process run sees exactly the sequences of the 1-process run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from duomind.tokenizer import chat_prompt
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """Training data is missing, empty or malformed; the message names the file and the fix."""
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Read a .jsonl file with file:line errors, or a .txt file as {"text"} documents separated by blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist; make synthetic data with `duomind data make`.")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"data file {str(path)!r} is empty; point `data` at a file with training text.")
+    if path.suffix != ".jsonl":
+        docs = [d.strip("\n") for d in text.split("\n\n")]
+        return [{"text": d} for d in docs if d.strip()]
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg}); each line must be one JSON object.") from err
+        if not isinstance(rec, dict) or not ({"text", "messages"} & rec.keys()):
+            raise DataError(f"{path}:{n}: a record needs a 'text' or a 'messages' field.")
+        records.append(rec)
+    return records
+
+
+def chat_example(tok, rec: dict, train_all: bool = False) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a chat record; labels cover only the final assistant turn (+ <|im_end|>)."""
+    msgs = rec["messages"]
+    if not msgs or msgs[-1].get("role") != "assistant":
+        raise DataError(f"chat record {rec.get('id', '?')!r} must end with an assistant message.")
+    prompt = chat_prompt(tok, msgs[:-1], mode=rec.get("mode"))
+    target = tok.encode(msgs[-1]["content"] + "<|im_end|>", add_special_tokens=False)
+    labels = (prompt if train_all else [IGNORE] * len(prompt)) + target
+    return prompt + target, labels
+
+
+@dataclass
+class Examples:
+    """Tokenised examples: lists of (input_ids, labels) of at most seq_len tokens each."""
+
+    inputs: list[list[int]]
+    labels: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def build_examples(tok, records: list[dict], mode: str, seq_len: int) -> Examples:
+    """Turn records into examples. Pre-training packs all text into seq_len windows; SFT/KD keep one chat each."""
+    if mode == "pretrain":
+        eos = tok.eos_token_id
+        stream: list[int] = []
+        texts = [r["text"] if "text" in r else tok.apply_chat_template(r["messages"], tokenize=False) for r in records]
+        for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+        windows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+        if not windows:
+            raise DataError(f"the data holds {len(stream)} tokens, fewer than one window of seq_len={seq_len}; "
+                            "add data or lower seq_len.")
+        return Examples(windows, windows)
+    inputs, labels = [], []
+    for rec in records:
+        if "messages" not in rec:
+            raise DataError(f"mode={mode!r} needs chat records with 'messages'; got a 'text' record. "
+                            "Use sft.jsonl from `duomind data make`, or mode=pretrain for plain text.")
+        ids, lab = chat_example(tok, rec)
+        inputs.append(ids[:seq_len])
+        labels.append(lab[:seq_len])
+    return Examples(inputs, labels)
+
+
+class BatchOrder:
+    """Deterministic sampling: example indices of step s are a function of (seed, s) only."""
+
+    def __init__(self, n: int, global_batch: int, seed: int) -> None:
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            if len(self._perms) >= 2:  # a batch straddles at most two epochs
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        start = step * self.global_batch
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.global_batch)]
+
+
+def collate(ex: Examples, idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a micro-batch to its longest member: (input_ids, labels), both (B, T)."""
+    width = max(len(ex.inputs[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(ex.inputs[i])
+        ids[row, :n] = torch.tensor(ex.inputs[i])
+        labels[row, :n] = torch.tensor(ex.labels[i])
+    return ids, labels

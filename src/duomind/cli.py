@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 # "verb [sub-verb]" -> ("module:function", one-line description). Keep sorted by verb.
@@ -17,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
     "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
+    "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
+    "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
     "tokenizer train": ("duomind.tokenizer:train_cli", "Train a byte-level BPE tokenizer with chat template and reasoning tokens."),
     "train": ("duomind.train.cli:train_cli", "Pre-train, fine-tune (SFT) or distil (KD) a model from a recipe."),
 }
@@ -72,10 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
     config_cls = _single_dataclass_param(fn)
-    if config_cls is not None:  # flat flags and YAML keys map straight onto the dataclass's fields
-        fn(CLI(config_cls, args=rest, prog=f"duomind {verb}", description=doc))
-    else:
-        CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
+    try:
+        if config_cls is not None:  # flat flags and YAML keys map straight onto the dataclass's fields
+            fn(CLI(config_cls, args=rest, prog=f"duomind {verb}", description=doc))
+        else:
+            CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Our errors already name the problem and the fix; a traceback would bury that. DUOMIND_DEBUG=1 shows it.
+        if os.environ.get("DUOMIND_DEBUG"):
+            raise
+        raise SystemExit(f"duomind {verb}: error: {err}") from err
     return 0
 
 

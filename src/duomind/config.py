@@ -190,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(vocab_size=512, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, intermediate_size=384, max_position_embeddings=512,
                  tie_word_embeddings=True),
-    "base-20m": dict(vocab_size=2048, hidden_size=384, num_hidden_layers=10, num_attention_heads=6,
+    "base-20m": dict(vocab_size=2048, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                      num_key_value_heads=2, intermediate_size=1024, max_position_embeddings=1024),
 }
 

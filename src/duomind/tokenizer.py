@@ -101,7 +101,7 @@ def train_cli(corpus: str | list[str], out: str = "tokenizer", vocab_size: int =
     """Train a byte-level BPE tokenizer with the DuoMind chat template and reasoning tokens.
 
     Args:
-        corpus: Text file(s) to train on (one document per line; e.g. corpus.txt from `duomind data make`).
+        corpus: Text file(s) to train on, read line by line (e.g. corpus.txt from `duomind data make`).
         out: Output directory (tokenizer.json, tokenizer_config.json).
         vocab_size: Vocabulary size including bytes and special tokens.
         min_frequency: Minimum pair frequency for a merge.

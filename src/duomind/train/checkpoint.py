@@ -226,6 +226,9 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str |
     if model_type != "duomind":
         raise CheckpointError(f"{str(path)!r} holds a {model_type!r} model, not a DuoMind one; convert it first "
                               "with `duomind convert SRC DST`.")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     config = DuoMindConfig.from_pretrained(str(path))
     with torch.device("meta"):
         skeleton = DuoMind(config)

@@ -1,13 +1,16 @@
 """DuoMind: an open toolkit for efficient LLM reasoners.
 
-Importing the package is cheap; heavy modules load on first use. Importing `duomind` also registers
-the DuoMind model with `transformers.AutoConfig` / `AutoModelForCausalLM` the first time the model
-module loads (see `duomind.model`).
+Importing the package is cheap (no torch); heavy modules load on first use. After `import duomind`,
+`transformers.AutoModelForCausalLM.from_pretrained` loads DuoMind checkpoints: the model registers itself
+with the Auto classes as soon as transformers is imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
@@ -29,13 +32,33 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'duomind' has no attribute {name!r}")
 
 
-def _register_with_transformers() -> None:
-    """Make `AutoModelForCausalLM.from_pretrained(dir)` work for DuoMind checkpoints after `import duomind`."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:  # pragma: no cover - transformers is a core dependency
-        return
+class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
+    """Registers DuoMind with transformers' Auto classes right after `transformers` is imported.
+
+    `import duomind` must make `AutoModelForCausalLM.from_pretrained(dir)` work, yet must not import torch
+    itself (the simulator and the CLI stay light). So registration waits for transformers to load.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)  # one shot: let the regular finders locate transformers
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_and_register(module):
+                run(module)
+                importlib.import_module("duomind.model")
+
+            spec.loader.exec_module = exec_and_register
+        return spec
+
+
+if "transformers" in sys.modules:
     importlib.import_module("duomind.model")
+elif not any(isinstance(f, _RegisterWhenTransformersLoads) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
 
 
 def __dir__() -> list[str]:

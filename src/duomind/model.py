@@ -359,7 +359,7 @@ class DuoMind(PreTrainedModel, GenerationMixin):
             if attention_mask is not None:
                 position_ids = (attention_mask[:, : past + T].long().cumsum(-1) - 1).clamp_min(0)[:, past:]
             else:
-                position_ids = torch.arange(past, past + T, device=h.device)[None].expand(B, T)
+                position_ids = torch.arange(past, past + T, device=h.device)[None]  # broadcasts over the batch
         cos_t, sin_t = self._rope_table(int(position_ids.max()) + 1, h.device)
         cos = cos_t[position_ids].to(h.dtype)[:, None]  # (B, 1, T, D)
         sin = sin_t[position_ids].to(h.dtype)[:, None]
@@ -381,7 +381,9 @@ class DuoMind(PreTrainedModel, GenerationMixin):
             logits = torch.tanh(logits / self.config.final_softcap) * self.config.final_softcap
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            # shift the labels, not the logits: slicing (B, T, V) logits would copy them
+            target = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache,
                                       hidden_states=tuple(hidden) if hidden is not None else None)
 

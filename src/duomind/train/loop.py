@@ -42,8 +42,9 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     """Summed next-token cross-entropy over target positions, and the target mask (B, T-1)."""
     target = labels[:, 1:]
     mask = target != IGNORE
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE,
-                         reduction="sum")
+    # shift the labels, not the logits: slicing (B, T, V) logits would copy them
+    shifted = F.pad(target, (0, 1), value=IGNORE)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum")
     return ce, mask
 
 

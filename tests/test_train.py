@@ -172,3 +172,10 @@ def test_cli_train_with_recipe_and_unknown_key(tmp_path, tiny_tokenizer_dir, cor
     recipe.write_text("max_stepz: 2\n")
     with pytest.raises(SystemExit):
         main(["train", "--config", str(recipe)])
+
+
+def test_model_overrides_are_validated_with_the_train_config():
+    with pytest.raises(ConfigError, match="did you mean 'norm_style'"):
+        TrainConfig(model={"norm_styl": "dssn"})
+    with pytest.raises(ConfigError, match="known presets"):
+        TrainConfig(model_preset="huge")

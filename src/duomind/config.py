@@ -325,5 +325,8 @@ class TrainConfig:
                               f"micro_batch_size={self.micro_batch_size}.")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise ConfigError("kd_alpha must lie in [0, 1] and kd_temperature must be positive.")
+        if self.model_preset not in PRESETS:
+            raise ConfigError(f"model_preset={self.model_preset!r} is unknown; known presets: {sorted(PRESETS)}.")
+        ModelConfig.from_preset(self.model_preset, **self.model)  # unknown or inconsistent model fields fail now
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0; got lr={self.lr}, min_lr={self.min_lr}.")

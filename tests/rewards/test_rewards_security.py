@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from duomind.rewards.sandbox import Limits, run_program
 LIMITS = Limits(wall_s=1.5, cpu_s=3, memory_mb=512, processes=24, output_bytes=1 << 20)
 BOUND_S = 10.0  # every hostile run ends well within this
 PROJECT = Path(__file__).resolve().parents[2]
+OUTSIDE = {"project": PROJECT, "etc": Path("/etc"), "tmp": Path(tempfile.gettempdir())}
 SLEEP_MARK = "987654"
 
 FORK_BOMB = "import os\nwhile True:\n    os.fork()\n"
@@ -130,9 +132,9 @@ class TestGuarded:
         assert run.verdict == "blocked" and "network" in run.blocked
         assert not connected()
 
-    @pytest.mark.parametrize("where", ["project", "etc"])
+    @pytest.mark.parametrize("where", ["project", "etc", "tmp"])
     def test_write_outside(self, mode, where, kill_strays):
-        target = (PROJECT if where == "project" else Path("/etc")) / f"duomind-pwned-{os.getpid()}"
+        target = OUTSIDE[where] / f"duomind-pwned-{os.getpid()}"
         run, _ = _run(_write(target), mode, kill_strays=kill_strays)
         assert run.verdict == "blocked" and "outside the working directory" in run.blocked
         assert not target.exists()
@@ -155,10 +157,9 @@ class TestGuarded:
         assert run.verdict == "blocked"
 
     def test_print_1gb(self, mode, kill_strays):
-        run, elapsed = _run(PRINT_1G, mode, kill_strays=kill_strays)
+        run, _ = _run(PRINT_1G, mode, kill_strays=kill_strays)
         assert run.verdict == "output_limit"
-        assert len(run.stdout) <= LIMITS.keep_bytes
-        assert elapsed < LIMITS.wall_s  # stopped by the cap, not by the clock
+        assert len(run.stdout) <= LIMITS.keep_bytes  # the verdict says the cap stopped it, not the clock
 
 
 # ------------------------------------------------------------------------------ OS layers alone (no guard)
@@ -196,13 +197,18 @@ class TestOsLayers:
         assert not connected()
 
     @needs_ro
-    @pytest.mark.parametrize("where", ["project", "etc"])
+    @pytest.mark.parametrize("where", ["project", "etc", "tmp"])
     def test_write_outside(self, where, kill_strays):
-        target = (PROJECT if where == "project" else Path("/etc")) / f"duomind-pwned-{os.getpid()}"
+        if where == "tmp" and not INFO["private_tmp"]:
+            pytest.skip("no private /tmp here: the shared temp directory stays writable without the guard")
+        target = OUTSIDE[where] / f"duomind-pwned-{os.getpid()}"
         run, _ = _run(_write(target), STRONGEST, guard=False, kill_strays=kill_strays)
-        assert run.verdict == "crash"
-        assert "Read-only file system" in run.error or "Permission denied" in run.error
         assert not target.exists()
+        if where == "tmp" and STRONGEST == "bwrap":
+            assert run.verdict == "ok"  # it wrote into its own throwaway /tmp, which the host never sees
+        else:
+            assert run.verdict == "crash"
+            assert "Read-only file system" in run.error or "Permission denied" in run.error
 
     @needs_ns
     def test_read_parent_environment(self, secret, kill_strays):

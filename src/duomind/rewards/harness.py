@@ -1,14 +1,18 @@
 """The trusted harness that runs INSIDE the sandbox, around the untrusted program.
 
 `sandbox.run_program` starts `python -I -B -c <this file's text>` and writes a JSON job to its stdin:
-`{"code", "tests", "nonce", "result_fd", "uid", "guard", "workdir"}`. Steps:
+`{"code", "tests", "nonce", "result_fd", "uid", "guard", "workdir", "expose"}`. Steps:
 
 1. read the job, then point stdin at /dev/null (the program gets EOF, not the job);
-2. drop to the sandbox's own unprivileged uid when the job names one (root parents only);
-3. install the guard: an audit hook (PEP 578) that ends the program with a `blocked` report on
+2. under `unshare` as root, in the run's private mount namespace (`expose`): cover directories
+   closed to others and the shared temp directories with empty tmpfs mounts, then bind back the
+   interpreter's directories read-only and the working directory read-write, so the run's uid can
+   import the standard library and write only in its own directory;
+3. drop to the sandbox's own unprivileged uid when the job names one (root parents only);
+4. install the guard: an audit hook (PEP 578) that ends the program with a `blocked` report on
    process creation, signals, sockets, ctypes calls, writes outside the working directory and
    reads of other processes' /proc entries;
-4. run the code, then each test in the same namespace, reporting each on the result fd.
+5. run the code, then each test in the same namespace, reporting each on the result fd.
 
 The guard is a tripwire that gives clear verdicts, not the boundary: a program can defeat anything
 in its own interpreter, so the OS layers (rlimits, uid, namespaces, bubblewrap) are what contain it.
@@ -43,6 +47,8 @@ def main() -> None:
             os._exit(0)  # a fork of the program came back into the harness: only the original reports
         write(fd, (dumps({"nonce": nonce, **fields}) + "\n").encode())
 
+    if job.get("expose"):
+        _expose(job["expose"]["masks"], job["expose"]["ro"], job["expose"]["rw"])
     if job.get("uid") is not None:  # a uid of its own: RLIMIT_NPROC then binds, and no file is ours to write
         os.setgroups([])
         os.setgid(job["uid"])
@@ -67,6 +73,36 @@ def main() -> None:
             pass
     report(event="done")
     os._exit(0)  # skip the program's atexit handlers and non-daemon threads
+
+
+def _expose(masks: list, ro: list, rw: list) -> None:
+    """Hide `masks` under empty tmpfs mounts, then bind `ro` (read-only) and `rw` back at the same paths.
+
+    Runs as root in a mount namespace of the run's own (`unshare --mount`, private propagation), so
+    nothing here is visible outside it. The binds are taken through O_PATH descriptors opened
+    before the masks hide them.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_rdonly, ms_nosuid, ms_nodev, ms_remount, ms_bind, ms_rec = 1, 2, 4, 32, 4096, 16384
+
+    def mount(source: object, target: str, fstype: object, flags: int, data: object = None) -> None:
+        if libc.mount(source, target.encode(), fstype, flags, data) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sandbox mount of {target}: {os.strerror(err)}")
+
+    binds = [(b, True) for b in ro] + [(b, False) for b in rw]
+    fds = [os.open(b, os.O_PATH | os.O_DIRECTORY) for b, _ in binds]
+    for m in masks:
+        mount(b"tmpfs", m, b"tmpfs", ms_nosuid | ms_nodev, b"mode=0755,size=1m")
+    for (b, read_only), fd in zip(binds, fds):
+        os.makedirs(b, mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}".encode(), b, None, ms_bind | ms_rec)
+        mount(None, b, None, ms_remount | ms_bind | ms_nosuid | ms_nodev | (ms_rdonly if read_only else 0))
+        os.close(fd)
+    for m in masks:  # nothing more may be created in the cover
+        mount(None, m, None, ms_remount | ms_rdonly | ms_nosuid | ms_nodev)
 
 
 def _run_stage(stage: object, source: str, namespace: dict, report) -> bool:

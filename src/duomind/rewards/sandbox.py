@@ -8,10 +8,14 @@ Layers, outermost first (each used where this machine allows it; `isolation()` s
    after which the whole group, every descendant and (as root) every process of the run's uid is
    killed and reaped; stdout/stderr capped.
 2. identity (root only): the program runs under a uid of its own, so RLIMIT_NPROC binds (root is
-   exempt from it), it owns no file outside its directory and may signal no other process.
+   exempt from it), it owns no file outside its directory and may signal no other process. An
+   interpreter inside a directory closed to others (e.g. /root/.pyenv) is made reachable in the
+   run's own mount namespace: the closed directory is covered with an empty tmpfs and the
+   interpreter's directories are bound back read-only (so the program also cannot see the rest).
 3. namespaces: bubblewrap when installed (read-only root, tmpfs /tmp, private /proc and /dev, new
-   pid/net/ipc/uts/mount namespaces, dies with its parent); otherwise `unshare` with user, net, pid
-   and mount namespaces (no network, no view of other processes); otherwise none, logged.
+   pid/net/ipc/uts/mount namespaces, dies with its parent); otherwise `unshare` with net, pid, ipc,
+   uts and mount namespaces (plus a user namespace when not root: no network, no view of other
+   processes); otherwise none, logged.
 4. the harness's guard (`harness.py`): a tripwire that ends the program on forbidden operations so
    they get a clear `blocked` verdict.
 
@@ -133,7 +137,7 @@ def run_program(code: str, tests: Sequence[str] = (), limits: Limits = Limits(),
     env = _scrubbed_env(inside, nonce)
     read_fd, write_fd = os.pipe()
     job = {"code": code, "tests": list(tests), "nonce": nonce, "result_fd": write_fd, "uid": uid,
-           "guard": guard, "workdir": inside}
+           "guard": guard, "workdir": inside, "expose": _unshare_exposure(workdir) if mode == "unshare" and uid else None}
     nproc = limits.processes if uid is not None or os.geteuid() == 0 else limits.processes + _own_process_count()
     start = time.monotonic()
     try:
@@ -148,12 +152,14 @@ def run_program(code: str, tests: Sequence[str] = (), limits: Limits = Limits(),
         raise
     finally:
         os.close(write_fd)  # only the child may hold the write end, so EOF means it is gone
-    marker = nonce if mode == "none" and uid is None else None  # without a pid namespace or uid to sweep by
+    # without a pid namespace, orphans that escaped the tree are found by the run's uid or env marker
+    orphan_uid = uid if mode == "none" else None
+    marker = nonce if mode == "none" and uid is None else None
     try:
         out, err, results, timed_out, over = _collect(proc, json.dumps(job).encode(), read_fd,
-                                                      start + limits.wall_s, limits, uid, marker)
+                                                      start + limits.wall_s, limits, orphan_uid, marker)
     finally:
-        _reap(proc, uid, marker)
+        _reap(proc, orphan_uid, marker)
         os.close(read_fd)
         shutil.rmtree(workdir, ignore_errors=True)
     run = _verdict(results, nonce, len(tests), timed_out, over, proc.returncode)
@@ -185,9 +191,14 @@ def isolation() -> dict:
         "mode": mode,
         "bubblewrap": mode == "bwrap",
         "namespaces": {"bwrap": ["pid", "net", "ipc", "uts", "mount"] + ([] if os.geteuid() == 0 else ["user"]),
-                       "unshare": ["user", "net", "pid", "mount", "ipc", "uts"], "none": []}[mode],
+                       "unshare": ["net", "pid", "mount", "ipc", "uts"] + ([] if os.geteuid() == 0 else ["user"]),
+                       "none": []}[mode],
         "read_only_root": mode == "bwrap",
         "private_uid": uid,
+        # /tmp, /var/tmp and /dev/shm: the run sees empty ones of its own (bwrap), or read-only covers (unshare+uid)
+        "private_tmp": mode == "bwrap" or (mode == "unshare" and uid),
+        # directories closed to others (e.g. /root), covered by an empty tmpfs but for the interpreter
+        "hidden": _exposure()[0] if mode == "bwrap" or (mode == "unshare" and uid) else [],
         "rlimits": ["as", "cpu", "nproc", "fsize", "nofile", "core"],
         "process_limit_binds": uid or os.geteuid() != 0,
         "guard": True,
@@ -235,8 +246,8 @@ def _run_uid(mode: str) -> int | None:
     """A uid of the run's own when we are root and the interpreter stays reachable for it."""
     if os.geteuid() != 0:
         return None
-    if mode != "bwrap" and not all(_world_reachable(p) for p in _python_paths()):
-        return None  # without bubblewrap's binds an unprivileged uid could not even start Python
+    if mode == "none" and not all(_world_reachable(p) for p in _python_paths()):
+        return None  # without a mount namespace to bind it in, an unprivileged uid could not run Python
     return _UID_BASE + ((os.getpid() % (1 << 22)) << 8) + next(_counter) % 256
 
 
@@ -261,7 +272,7 @@ def _command(mode: str, workdir: str, uid: int | None) -> list[str]:
         return ["unshare", *user, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child",
                 "--mount-proc", "--", *python]
     cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-           *_expose_python(), "--bind", workdir, INSIDE_WORKDIR, "--chdir", INSIDE_WORKDIR,
+           *_bwrap_exposure(), "--bind", workdir, INSIDE_WORKDIR, "--chdir", INSIDE_WORKDIR,
            "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--hostname", "sandbox"]
     if os.geteuid() != 0:
@@ -272,12 +283,12 @@ def _command(mode: str, workdir: str, uid: int | None) -> list[str]:
 
 
 @functools.cache
-def _expose_python() -> tuple[str, ...]:
-    """bubblewrap args that keep the interpreter reachable for an unprivileged uid.
+def _exposure() -> tuple[list[str], list[str], list[str]]:
+    """How to keep the interpreter reachable for an unprivileged uid: (masks, dirs, binds).
 
-    An ancestor closed to others (e.g. /root for a pyenv install) is covered with an empty tmpfs,
-    so the sandbox sees nothing else in it, and the interpreter's directories are bound back in.
-    Paths under /tmp are bound back too, since the sandbox gets a fresh /tmp.
+    An ancestor closed to others (e.g. /root for a pyenv install) is covered with an empty tmpfs
+    (`masks`), so the sandbox sees nothing else in it; the directories leading to the interpreter
+    are recreated in it (`dirs`) and the interpreter's directories bound back read-only (`binds`).
     """
     masks, dirs, binds = [], [], []
     for path in _python_paths():
@@ -286,8 +297,31 @@ def _expose_python() -> tuple[str, ...]:
         if closed is not None:
             masks.append(str(closed))
             dirs += [str(d) for d in chain[chain.index(closed) + 1: -1]]
-        if closed is not None or path == "/tmp" or path.startswith("/tmp/"):
             binds.append(path)
+    return list(dict.fromkeys(masks)), list(dict.fromkeys(dirs)), list(dict.fromkeys(binds))
+
+
+_SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: each run gets empty, read-only covers
+
+
+def _unshare_exposure(workdir: str) -> dict[str, list[str]]:
+    """The harness's mount plan under `unshare` with a private uid (see `harness._expose`).
+
+    Covers the directories closed to others and the shared temp directories, then binds back the
+    interpreter (read-only) and the run's working directory (read-write): as under bubblewrap, the
+    program can write nowhere but its own directory, even where the file modes would allow it.
+    """
+    masks, _, binds = _exposure()
+    tmp = [d for d in _SHARED_TMP if os.path.isdir(d) and not os.path.islink(d)]
+    under = [p for p in _python_paths() if any(p == t or p.startswith(t + "/") for t in tmp)]
+    return {"masks": masks + tmp, "ro": list(dict.fromkeys(binds + under)), "rw": [workdir]}
+
+
+@functools.cache
+def _bwrap_exposure() -> tuple[str, ...]:
+    """bubblewrap args for `_exposure`; paths under /tmp are bound back too, as the sandbox gets a fresh /tmp."""
+    masks, dirs, binds = _exposure()
+    binds = binds + [p for p in _python_paths() if p == "/tmp" or p.startswith("/tmp/")]
     args: list[str] = []
     for m in dict.fromkeys(masks):
         args += ["--tmpfs", m]
@@ -403,7 +437,18 @@ def _pidfd(pid: int) -> int | None:
 
 
 def _kill_all(proc: subprocess.Popen, uid: int | None, marker: str | None) -> list[psutil.Process]:
-    """SIGKILL the run's process group, its descendants, and orphans found by uid or env marker."""
+    """SIGKILL the run's process group, its descendants, and orphans found by uid or env marker.
+
+    `uid`/`marker` are given only without a pid namespace: inside one, every process of the run is
+    a descendant of the leader, and once the leader has exited by itself the kernel has already
+    emptied the namespace (a namespace's init exits only after all its members), so nothing is left.
+    """
+    if proc.returncode is not None and uid is None and marker is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # members of the group outside the namespace, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        return []
     victims = []
     try:
         leader = psutil.Process(proc.pid)

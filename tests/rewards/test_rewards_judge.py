@@ -12,7 +12,7 @@ import pytest
 from fastapi import Request  # module level: the endpoint's annotation is resolved here
 
 from duomind.rewards.config import JudgeConfig
-from duomind.rewards.judge import build_prompt, http_backend, judge, make_backend, parse_score
+from duomind.rewards.judge import build_prompt, http_backend, judge, local_backend, make_backend, parse_score
 
 
 @pytest.mark.parametrize("reply, value", [
@@ -161,3 +161,53 @@ def test_http_backend_times_out():
         res = judge(["q"], ["5"], [None], complete)
         assert res[0].verdict == "judge_error"
         assert time.monotonic() - t0 < 2.5
+
+
+# ------------------------------------------------------------------ the local backend (DuoMind decode loop)
+
+@pytest.fixture(scope="module")
+def judge_checkpoint(tmp_path_factory, tiny_tokenizer_dir):
+    import shutil
+
+    import torch
+
+    from duomind.config import ModelConfig
+    from duomind.model import DuoMind
+    from duomind.tokenizer import load_tokenizer
+
+    path = tmp_path_factory.mktemp("judge")
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    torch.manual_seed(0)
+    vocab = len(load_tokenizer(path))
+    DuoMind(ModelConfig(vocab_size=vocab, num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                        num_attention_heads=4, num_key_value_heads=2)).eval().save_pretrained(path)
+    return path
+
+
+def test_local_backend_decodes_each_prompt_greedily(judge_checkpoint):
+    from duomind.generate import generate
+    from duomind.tokenizer import chat_prompt, load_tokenizer
+    from duomind.train.checkpoint import load_model
+
+    prompts = _prompts(3)
+    batched = make_backend(JudgeConfig(backend="local", checkpoint=str(judge_checkpoint), max_tokens=6))(prompts)
+    one_by_one = local_backend(str(judge_checkpoint), max_new_tokens=6, batch_size=1)(prompts)
+    assert len(batched) == 3 and all(isinstance(r, str) for r in batched)
+    assert batched == one_by_one  # greedy: batching and padding change nothing
+    # the reply is exactly the decode loop's continuation of the prompt as a user turn
+    tok, model = load_tokenizer(judge_checkpoint), load_model(judge_checkpoint)
+    ids = generate(model, [chat_prompt(tok, [{"role": "user", "content": prompts[0]}])], max_new_tokens=6)
+    assert batched[0] == tok.decode(ids[0], skip_special_tokens=True)
+
+
+def test_scorer_judges_general_records_with_the_local_backend(judge_checkpoint):
+    from duomind.rewards.batch import Scorer
+    from duomind.rewards.config import RewardConfig
+
+    cfg = RewardConfig(judge=JudgeConfig(backend="local", checkpoint=str(judge_checkpoint), max_tokens=4))
+    with Scorer(cfg, workers=0) as scorer:
+        out = scorer.score([{"id": 1, "task": "general", "prompt": "q", "response": "<think>\nx\n</think>\n\na"}])
+        reply = scorer.complete([build_prompt("q", "a")])[0]  # what the judge was asked: the answer, not the thinking
+    assert out[0]["detail"]["judge"]["raw"] == reply
+    assert out[0]["verdict"] == ("ok" if parse_score(reply) is not None else "judge_error")

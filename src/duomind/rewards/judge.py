@@ -140,25 +140,28 @@ def http_backend(url: str, model: str, api_key: str | None = None, timeout_s: fl
 
 
 def local_backend(checkpoint: str, max_new_tokens: int = 512, batch_size: int = 8) -> Complete:
-    """A backend that runs a DuoMind checkpoint with DuoMind's KV-cache decode loop (greedy)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """A backend that runs a DuoMind checkpoint with DuoMind's KV-cache decode loop (greedy).
 
-    import duomind  # noqa: F401 - registers the DuoMind architecture with transformers
+    Each prompt is one user turn of the checkpoint's chat template; decoding stops at the end of the
+    turn; the reply is the text of the new tokens, special tokens dropped.
+    """
+    import torch
+
     from duomind.generate import generate
-    from duomind.tokenizer import load_tokenizer
+    from duomind.generate.cli import stop_ids
+    from duomind.tokenizer import chat_prompt, load_tokenizer
+    from duomind.train.checkpoint import load_model
 
     tok = load_tokenizer(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    model = load_model(checkpoint)
     lock = threading.Lock()  # one model, one decode at a time
-    stop = [t for t in (tok.eos_token_id,) if t is not None]
+    stop = stop_ids(tok)
 
     def complete(prompts: list[str]) -> list[str]:
         out: list[str] = []
         with lock, torch.inference_mode():
             for i in range(0, len(prompts), batch_size):
-                ids = [list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                    tokenize=True)) for p in prompts[i: i + batch_size]]
+                ids = [chat_prompt(tok, [{"role": "user", "content": p}]) for p in prompts[i: i + batch_size]]
                 new = generate(model, ids, max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=stop)
                 out += [tok.decode(t, skip_special_tokens=True) for t in new]
         return out

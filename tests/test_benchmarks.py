@@ -15,6 +15,8 @@ KEYS = {
     "decode": ["speedup_vs_hf_batch1", "speedup_vs_hf_batch8", "greedy_outputs_equal"],
     "train_throughput": ["speedup_vs_hf"],
     "dssn": ["variants", "dssn_tiny_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
+    "rewards": ["math_checks_per_second", "code_programs_per_second", "math_verifier_accuracy",
+                "math_verifier_failures", "code_isolation"],
 }
 
 
@@ -31,6 +33,11 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert result["greedy_outputs_equal"] is True  # same weights, same greedy tokens
     if name == "dssn":
         assert len(result["variants"]) == 6
+    if name == "rewards":
+        assert result["math_checks_per_second"] > 0 and result["code_programs_per_second"] > 0
+        assert 0.0 <= result["math_verifier_accuracy"] <= 1.0
+        # every failure is listed, so the accuracy can be recomputed from them
+        assert result["math_verifier_accuracy"] == 1 - len(result["math_verifier_failures"]) / result["accuracy"]["cases"]
 
 
 def test_quick_never_writes_into_results(tmp_path):

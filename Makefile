@@ -27,7 +27,8 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	@set -e; for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	$(BIN)/python benchmarks/_report.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -14,7 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 KEYS = {
     "decode": ["speedup_vs_hf_batch1", "speedup_vs_hf_batch8", "greedy_outputs_equal"],
     "train_throughput": ["speedup_vs_hf"],
-    "dssn": ["variants", "dssn_tiny_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
+    "dssn": ["variants", "dssn_tiny_spikes", "dssn_tiny_fewest_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
     "rewards": ["math_checks_per_second", "code_programs_per_second", "math_verifier_accuracy",
                 "math_verifier_failures", "code_isolation"],
 }

@@ -117,7 +117,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_tokenizer_dir, 
         train(c)
     good = latest_checkpoint(c.out_dir)
     assert good.name == "step-000002"
-    assert load_model(good) is not None
+    # the run directory stands for its latest complete checkpoint
+    by_run, by_step = load_model(c.out_dir), load_model(good)
+    assert all(torch.equal(a, b) for a, b in zip(by_run.state_dict().values(), by_step.state_dict().values()))
+    with pytest.raises(CheckpointError, match="not a checkpoint directory.*nor a run directory"):
+        load_model(tmp_path / "nowhere")
 
 
 def test_partial_or_corrupt_checkpoints_are_refused(tmp_path, tiny_tokenizer_dir, corpus_file):

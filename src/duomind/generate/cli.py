@@ -20,7 +20,7 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
     """Generate text from a checkpoint with DuoMind's KV-cache decode loop.
 
     Args:
-        checkpoint: Checkpoint directory (a run's step-XXXXXX, or a converted model).
+        checkpoint: A run directory (its latest checkpoint), a step-XXXXXX checkpoint, or a converted model.
         prompt: One prompt, or a list of prompts decoded as one batch.
         max_new_tokens: Tokens to generate per prompt.
         temperature: 0 for greedy; otherwise sampling temperature.
@@ -32,8 +32,9 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
     """
     from duomind.generate.decode import generate
     from duomind.tokenizer import chat_prompt, load_tokenizer
-    from duomind.train.checkpoint import load_model
+    from duomind.train.checkpoint import load_model, resolve_checkpoint
 
+    checkpoint = resolve_checkpoint(checkpoint)
     model = load_model(checkpoint)
     tok = load_tokenizer(checkpoint)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)

@@ -212,14 +212,23 @@ def load_weights_into(model, path: Path) -> None:
         model.tie_weights()
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """Load a DuoMind checkpoint directory (verified, shape-checked) as a `DuoMind` model in eval mode."""
-    from duomind.model import DuoMind, DuoMindConfig
-
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory standing for its latest complete checkpoint."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint directory (no config.json); pass a run's "
-                              "step-XXXXXX directory or a converted model directory.")
+        if (path / "latest").is_file():
+            return latest_checkpoint(path)
+        raise CheckpointError(f"{str(path)!r} is not a checkpoint directory (no config.json) nor a run directory "
+                              "(no `latest` pointer); pass a run's directory, one of its step-XXXXXX checkpoints, or a "
+                              "converted model directory.")
+    return path
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """Load a DuoMind checkpoint (or a run's latest one), verified and shape-checked, in eval mode."""
+    from duomind.model import DuoMind, DuoMindConfig
+
+    path = resolve_checkpoint(path)
     if (path / MARKER).exists() or (path / "trainer_state.json").exists():
         verify_checkpoint(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 import yaml
 
 from duomind.config import ModelConfig, TrainConfig
-from duomind.train.checkpoint import latest_checkpoint, load_model, load_training_state, save_checkpoint
+from duomind.train.checkpoint import (
+    latest_checkpoint,
+    load_model,
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from duomind.train.data import IGNORE, BatchOrder, Examples, build_examples, collate, read_records
 from duomind.train.metrics import MetricsLog, plot_loss
 
@@ -163,7 +169,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be a multiple of micro_batch_size x "
                          f"processes = {cfg.micro_batch_size} x {world}.")
     out = Path(cfg.out_dir)
-    tok_dir = cfg.tokenizer or cfg.init_from
+    tok_dir = cfg.tokenizer or (resolve_checkpoint(cfg.init_from) if cfg.init_from else None)
     if not tok_dir:
         raise ValueError("no tokenizer: set `tokenizer: DIR` (train one with `duomind tokenizer train`) "
                          "or `init_from` a checkpoint that has one.")

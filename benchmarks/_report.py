@@ -1,0 +1,101 @@
+"""Render the README's results table from benchmarks/results/*.json.
+
+    python benchmarks/_report.py            # rewrite the table between the README's results markers
+    python benchmarks/_report.py --check    # exit 1 if the README is out of date (a test runs this)
+
+Each claim is (benchmark, key, comparison, goal) as the issues state them; a claim whose results file is
+missing shows as "not run". The table is generated, never typed by hand, so it cannot drift from the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# (benchmark, key, op, goal, what it measures)
+CLAIMS: list[tuple[str, str, str, float | bool, str]] = [
+    ("decode", "speedup_vs_hf_batch1", ">=", 2.0, "decode tokens/s vs HF `generate`, batch 1 (same weights)"),
+    ("decode", "speedup_vs_hf_batch8", ">=", 1.0, "decode tokens/s vs HF `generate`, batch 8"),
+    ("decode", "greedy_outputs_equal", "==", True, "greedy tokens identical to HF"),
+    ("train_throughput", "speedup_vs_hf", ">=", 1.0, "training step vs HF `LlamaForCausalLM`, same size"),
+    ("dssn", "dssn_tiny_fewest_spikes", "==", True, "DSSN + TinyInit has the fewest loss spikes"),
+    ("dssn", "final_loss_ratio_dssn_tiny_over_pre", "<=", 1.0, "final loss, DSSN + TinyInit / pre-norm"),
+    ("rewards", "math_checks_per_second", ">=", 1000, "math verifications / s, 2 workers"),
+    ("rewards", "code_programs_per_second", ">=", 20, "sandboxed programs / s, 2 workers, full isolation"),
+    ("rewards", "math_verifier_accuracy", ">=", 0.98, "math verifier accuracy, hand-written equivalence suite"),
+    ("sim_search", "configs_per_second", ">=", 1000, "simulator configurations evaluated / s"),
+    ("sim_validation", "local_median_abs_error", "<=", 0.20, "simulator vs measured step times on this machine"),
+    ("sim_validation", "published_median_abs_error", "<=", 0.15, "simulator vs published MFU / throughput"),
+]
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def render() -> str:
+    lines = ["| benchmark | claim | goal | measured | met | plot |", "|---|---|---|---|---|---|"]
+    for name, key, op, goal, what in CLAIMS:
+        path = RESULTS / f"{name}.json"
+        goal_text = f"{op} {_fmt(goal)}" if op != "==" else _fmt(goal)
+        if not path.is_file():
+            lines.append(f"| `{name}` | {what} | {goal_text} | not run | | |")
+            continue
+        data = json.loads(path.read_text())
+        if key not in data:
+            lines.append(f"| `{name}` | {what} | {goal_text} | missing `{key}` | | |")
+            continue
+        value = data[key]
+        met = "✅" if OPS[op](value, goal) else "❌"
+        png = RESULTS / f"{name}.png"
+        plot = f"[png](benchmarks/results/{png.name})" if png.is_file() else ""
+        lines.append(f"| `{name}` | {what} | {goal_text} | {_fmt(value)} | {met} | {plot} |")
+    machines = set()
+    for path in sorted(RESULTS.glob("*.json")):
+        machine = json.loads(path.read_text()).get("provenance", {}).get("machine", {})
+        if machine:
+            machines.add(f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores")
+    if machines:
+        lines += ["", "Measured on: " + "; ".join(sorted(machines)) + ". Each JSON records its command, commit and date."]
+    return "\n".join(lines)
+
+
+def updated(text: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} markers; add them where the table belongs.")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{render()}\n{END}{tail}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date")
+    args = p.parse_args()
+    text = README.read_text()
+    new = updated(text)
+    if args.check:
+        if new != text:
+            print("README.md results table is out of date: run `python benchmarks/_report.py`.")
+            return 1
+        return 0
+    README.write_text(new)
+    print(render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

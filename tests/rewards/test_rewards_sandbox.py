@@ -137,3 +137,18 @@ def test_private_tmp_and_hidden_directories():
     for h, names in listings.items():
         inside = {p[len(h) + 1:].split("/")[0] for p in sandbox._python_paths() if p.startswith(h + "/")}
         assert set(names) <= inside
+
+
+@pytest.mark.skipif(sandbox.isolation()["mode"] != "unshare" or not sandbox.isolation()["private_uid"],
+                    reason="the unshare mount plan is used only under unshare with a private uid")
+def test_probe_runs_the_whole_harness(monkeypatch):
+    # a mode whose set-up fails inside the harness must be reported unavailable, not chosen and then crash every run
+    sandbox._works.cache_clear()
+    monkeypatch.setattr(sandbox, "_unshare_exposure", lambda workdir: {"masks": ["/no/such/dir"], "ro": [], "rw": []})
+    try:
+        assert sandbox._works("unshare") is False
+        monkeypatch.undo()
+        sandbox._works.cache_clear()
+        assert sandbox._works("unshare") is True
+    finally:
+        sandbox._works.cache_clear()

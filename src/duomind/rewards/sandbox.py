@@ -219,7 +219,7 @@ def _auto_mode() -> str:
 
 @functools.cache
 def _works(mode: str) -> bool:
-    """Probe a mode once by running an empty program through it."""
+    """Probe a mode once by running an empty program through it, harness and all (mounts, uid drop, guard)."""
     if mode == "none":
         return True
     if shutil.which("bwrap" if mode == "bwrap" else "unshare") is None:
@@ -229,13 +229,18 @@ def _works(mode: str) -> bool:
     try:
         if uid is not None:
             os.chown(workdir, uid, uid)
-        drop = f"import os; os.setgid({uid}); os.setuid({uid})" if uid is not None else "pass"
-        cmd = _command(mode, workdir, uid)[:-1] + [drop]
-        done = subprocess.run(cmd, cwd=workdir, env=_scrubbed_env(workdir, "probe"), capture_output=True, timeout=30)
-        if done.returncode != 0:
-            log.info("sandbox: %s unavailable: %s", mode, done.stderr.decode(errors="replace").strip()[:300])
-        return done.returncode == 0
-    except (OSError, subprocess.SubprocessError) as e:
+        job = {"code": "import fractions", "tests": [], "nonce": "probe", "result_fd": 1, "uid": uid, "guard": True,
+               "workdir": INSIDE_WORKDIR if mode == "bwrap" else workdir,
+               "expose": _unshare_exposure(workdir) if mode == "unshare" and uid else None}
+        done = subprocess.run(_command(mode, workdir, uid), input=json.dumps(job).encode(), cwd=workdir,
+                              env=_scrubbed_env(workdir, "probe"), capture_output=True, timeout=30)
+        ok = done.returncode == 0 and any(json.loads(line).get("event") == "done"
+                                          for line in done.stdout.splitlines() if line.startswith(b"{"))
+        if not ok:
+            log.info("sandbox: %s unavailable: %s", mode, (done.stderr or done.stdout).decode(errors="replace")
+                     .strip()[-300:])
+        return ok
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
         log.info("sandbox: %s unavailable: %s", mode, e)
         return False
     finally:

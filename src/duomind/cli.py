@@ -20,6 +20,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
     "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
+    "sim calibrate": ("duomind.sim.cli:calibrate", "Measure this machine into the simulator's `local` hardware profile."),
+    "sim infer": ("duomind.sim.cli:infer", "Simulate serving a model: TTFT, decode step, tokens/s, memory per device."),
+    "sim search": ("duomind.sim.cli:search", "Search model shapes x parallel plans; print and plot the throughput-vs-size front."),
+    "sim train": ("duomind.sim.cli:train", "Simulate a training step: time breakdown, tokens/s, MFU, memory per device."),
     "tokenizer train": ("duomind.tokenizer:train_cli", "Train a byte-level BPE tokenizer with chat template and reasoning tokens."),
     "train": ("duomind.train.cli:train_cli", "Pre-train, fine-tune (SFT) or distil (KD) a model from a recipe."),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 KEYS = {
-    "decode": ["speedup_vs_hf_batch1", "speedup_vs_hf_batch8", "greedy_outputs_equal"],
+    "decode": ["speedup_vs_hf_batch1", "speedup_vs_hf_batch8", "greedy_outputs_equal", "overhead_ratio_vs_hf_batch1",
+               "best_possible_speedup_batch1"],
     "train_throughput": ["speedup_vs_hf"],
     "dssn": ["variants", "dssn_tiny_spikes", "dssn_tiny_fewest_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
     "rewards": ["math_checks_per_second", "code_programs_per_second", "math_verifier_accuracy",
@@ -46,3 +48,23 @@ def test_quick_never_writes_into_results(tmp_path):
                    cwd=tmp_path)
     after = {p.name: p.stat().st_mtime for p in (BENCH / "results").glob("*")}
     assert before == after
+
+
+def test_readme_results_table_matches_results():
+    """The README's table is generated from benchmarks/results; after a benchmark run, re-run _report.py."""
+    proc = subprocess.run([sys.executable, str(BENCH / "_report.py"), "--check"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_base_model_is_built_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUOMIND_CACHE", str(tmp_path))
+    code = (f"import sys; sys.path.insert(0, {str(BENCH)!r}); import _common, time; t = time.time(); "
+            "p = _common.base_model(quick=True); print(p, time.time() - t)")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    path = first.stdout.split()[-2]
+    assert (tmp_path / "bench-base-quick" / "run").is_dir() and path.startswith(str(tmp_path))
+    weights = (pathlib.Path(path) / "model.safetensors").stat().st_mtime_ns
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert second.stdout.split()[-2] == path  # the same checkpoint, not retrained
+    assert (pathlib.Path(path) / "model.safetensors").stat().st_mtime_ns == weights

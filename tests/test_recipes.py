@@ -14,7 +14,10 @@ import yaml
 from duomind.cli import VERBS, _single_dataclass_param
 from duomind.config import from_dict
 
-RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = sorted(ROOT.rglob("*.yaml"))
+# `duomind merge CONFIG.yaml OUT_DIR`: a merge config is the verb's positional input, not its --config
+MERGE_HEADER = re.compile(r"^# duomind merge \S+\.ya?ml", re.M)
 
 
 def verb_of(text: str) -> str:
@@ -26,10 +29,16 @@ def verb_of(text: str) -> str:
     raise AssertionError("the recipe's header comment must give the command that runs it (duomind VERB --config ...)")
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT)) for p in RECIPES])
 def test_recipe_validates_against_its_verb(path):
     text = path.read_text()
     assert text.startswith("#"), "a recipe starts with a comment saying what it is and how to run it"
+    if MERGE_HEADER.search(text):
+        from duomind.merge import MergeConfig
+
+        MergeConfig.from_dict(yaml.safe_load(text), path.name)  # unknown keys, parameters and bad values raise
+        assert f"duomind merge recipes/{path.relative_to(ROOT)}" in text, "the header must name this file"
+        return
     target = VERBS[verb_of(text)][0]
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(module), name)

@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
     "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
+    "merge": ("duomind.merge:merge_cli", "Merge checkpoints (linear, task arithmetic, TIES, DARE, SLERP, Model Stock) from a YAML config."),
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
     "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
     "sim calibrate": ("duomind.sim.cli:calibrate", "Measure this machine into the simulator's `local` hardware profile."),

@@ -79,6 +79,24 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str], te
         opt.state[p][key] = t.to(p.device) if key != "step" else t.clone()
 
 
+def seal(directory: Path, info: dict[str, Any]) -> None:
+    """fsync every file of `directory`, then write the completeness marker (`info` plus file sizes) last.
+
+    Any directory sealed this way passes `verify_checkpoint`; a crash before the marker leaves it "incomplete".
+    """
+    directory = Path(directory)
+    sizes = {}
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and f.name != MARKER:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            sizes[f.name] = f.stat().st_size
+    marker = directory / MARKER
+    marker.write_text(json.dumps({**info, "files": sizes}))
+    with open(marker, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, opt: torch.optim.Optimizer | None,
                     state: dict[str, Any], keep_last: int = 2) -> Path:
     """Write step-XXXXXX atomically and point `latest` at it; prune older complete checkpoints."""
@@ -101,15 +119,7 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, opt: torch.optim
         rng = {"torch_rng": torch.get_rng_state()}
         save_file(rng, tmp / "rng.safetensors")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        sizes = {}
-        for f in sorted(tmp.iterdir()):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            sizes[f.name] = f.stat().st_size
-        marker = tmp / MARKER
-        marker.write_text(json.dumps({"step": step, "files": sizes}))
-        with open(marker, "rb") as fh:
-            os.fsync(fh.fileno())
+        seal(tmp, {"step": step})
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

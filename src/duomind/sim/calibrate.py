@@ -27,9 +27,10 @@ def _time(fn: Callable[[], Any], min_time: float = 0.02, blocks: int = 5, clock:
           ) -> float:
     """Seconds per call: the fastest of `blocks` blocks, each of enough calls to last `min_time`.
 
-    The clock defaults to `clock()`: this thread's CPU time when torch runs one thread (other processes
-    on a shared machine then cost nothing), else wall time; and the minimum, because interference only
-    ever adds time. `benchmarks/sim_validation.py` times the models the same way.
+    The clock is this thread's CPU time when torch runs one thread (time slices lost to other processes
+    then cost nothing), else wall time. The minimum, because a neighbour's job only ever adds time (through
+    shared caches, memory and, on a VM, a shared physical core); calibration and the timed models
+    (`benchmarks/sim_validation.py`) use the same statistic so that they see the same machine.
     """
     clock = clock or timer()
     fn()
@@ -49,6 +50,16 @@ def _time(fn: Callable[[], Any], min_time: float = 0.02, blocks: int = 5, clock:
             fn()
         samples.append((clock() - t0) / reps)
     return min(samples)
+
+
+def _smooth(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sort by size and replace each interior rate by the median of it and its neighbours: one noisy
+    measurement on a shared machine should not bend the curve."""
+    pts = sorted(points)
+    out = list(pts)
+    for i in range(1, len(pts) - 1):
+        out[i] = (pts[i][0], sorted(r for _, r in pts[i - 1:i + 2])[1])
+    return out
 
 
 def _cycler(items: list[tuple], fn: Callable[..., Any]) -> Callable[[], None]:
@@ -140,11 +151,14 @@ def calibrate(path: str | Path | None = None, quick: bool = False, threads: int 
             v, b, nbytes = torch.randn(4, 1, n), torch.randn(n, n), 4.0 * (n * n + 8 * n)
             t = _time(lambda v=v, b=b: F.linear(v, b), min_time)
             skinny.append((nbytes, nbytes / max(t - linear_overhead, 0.2 * t)))
-        mem = []
+        mem = []  # element-wise kernels as a model runs them: contiguous, broadcast, strided, reductions, cat
         for kib in ([4, 64, 1024, 16384] if quick else [4, 16, 64, 256, 1024, 4096, 16384]):
             n = kib * 256  # float32 elements
-            a, b = torch.randn(n), torch.randn(n)
-            t = _time(lambda a=a, b=b: torch.add(a, b), min_time)
+            a, b, r = torch.randn(n // 64, 64), torch.randn(n // 64, 64), torch.randn(n // 64, 1)
+            at = torch.randn(64, n // 64).t()  # a transposed (non-contiguous) view
+            kinds = (lambda a=a, b=b: a * b, lambda a=a, r=r: a * r, lambda at=at, b=b: at * b, lambda a=a: F.silu(a),
+                     lambda a=a: a.mean(-1, keepdim=True), lambda a=a, b=b: torch.cat((a, b), -1))
+            t = sum(_time(f, min_time) for f in kinds) / len(kinds)
             nbytes = 3.0 * 4 * n
             mem.append((nbytes, nbytes / max(t - overhead, 0.2 * t)))
         # working-set caps: kernels cycling through buffers that total `ws` bytes (L2 -> L3 -> DRAM)
@@ -160,14 +174,22 @@ def calibrate(path: str | Path | None = None, quick: bool = False, threads: int 
             ws_w = [(torch.randn(k, k),) for _ in range(max(1, ws // (4 * k * k)))]
             t = _time(_cycler(ws_w, lambda w, v=v: F.linear(v, w)), min_time)
             mstream.append((float(ws), 4.0 * k * k / max(t - linear_overhead, 0.2 * t)))
-        # fused causal attention (SDPA) over small-model shapes: FLOPs of the causal half
-        attn = []
-        for bh, seq, hd in ([(8, 64, 32), (16, 256, 64)] if quick else
-                            [(8, 64, 32), (16, 128, 32), (16, 128, 64), (16, 256, 64), (32, 512, 64)]):
-            qs = torch.randn(1, bh, seq, hd)
-            t = _time(lambda qs=qs: F.scaled_dot_product_attention(qs, qs, qs, is_causal=True), min_time)
-            flops = 2 * 2.0 * bh * seq * (seq / 2) * hd
-            attn.append((flops, flops / max(t - attn_overhead, 0.2 * t)))
+        # fused attention (SDPA): seconds per score element over head_dim x length, causal (training, prefill)
+        # and one query over a cache (decode, GQA 8 query heads per 2 KV heads)
+        attn, attn_table, attn_decode = [], [], []
+        for hd in ([16, 64] if quick else [16, 32, 64, 128]):
+            for seq in ([64, 256] if quick else [64, 128, 512]):
+                qs = torch.randn(1, 8 if quick else 16, seq, hd)
+                t = _time(lambda qs=qs: F.scaled_dot_product_attention(qs, qs, qs, is_causal=True), min_time)
+                scores = qs.shape[1] * seq * (seq + 1) / 2
+                net = max(t - attn_overhead, 0.2 * t)
+                attn_table.append((float(hd), (seq + 1) / 2, net / scores))
+                attn.append((4.0 * scores * hd, 4.0 * scores * hd / net))
+        for hd in ([16, 64] if quick else [16, 64, 128]):
+            for ctx in ([64, 512] if quick else [64, 512, 4096]):
+                q, kv = torch.randn(4, 8, 1, hd), torch.randn(4, 2, ctx, hd)
+                t = _time(lambda q=q, kv=kv: F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True), min_time)
+                attn_decode.append((float(hd), float(ctx), max(t - attn_overhead, 0.2 * t) / (4 * 8 * ctx)))
     # attention backward / forward time ratio on a mid shape
     qg = torch.randn(1, 16, 128, 64, requires_grad=True)
     t_f = _time(lambda: F.scaled_dot_product_attention(qg, qg, qg, is_causal=True), min_time)
@@ -185,10 +207,9 @@ def calibrate(path: str | Path | None = None, quick: bool = False, threads: int 
         h.backward()
 
     t_fb = _time(fwd_bwd, min_time)
-    bwd_overhead = max((t_fb / chain - overhead) / 2, overhead)
+    bwd_overhead = max((t_fb / chain - grad_overhead) / 2, overhead)
 
-    for c in (curve, mem, skinny, stream, mstream, attn):
-        c.sort()
+    curve, mem, skinny, stream, mstream, attn = (_smooth(c) for c in (curve, mem, skinny, stream, mstream, attn))
     peak = max(r for _, r in curve)
     threads_used = torch.get_num_threads()
     try:
@@ -201,22 +222,28 @@ def calibrate(path: str | Path | None = None, quick: bool = False, threads: int 
         mem_bytes=float(ram), intra_bw=10e9, inter_bw=1e9, node_size=1, matmul_eff=1.0,
         attn_eff=1.0, attn_bwd=attn_bwd, eager=True, mem_eff=1.0, link_eff=1.0, op_overhead=overhead,
         bwd_op_overhead=bwd_overhead, grad_op_overhead=grad_overhead,
-        matmul_overhead=linear_overhead, attn_overhead=attn_overhead, link_latency=20e-6, matmul_curve=tuple(curve), mem_curve=tuple(mem),
+        matmul_overhead=linear_overhead, attn_overhead=attn_overhead, link_latency=20e-6, matmul_curve=tuple(curve),
+        mem_curve=tuple(mem),
         matmul_mem_curve=tuple(skinny), stream_curve=tuple(stream), matmul_stream_curve=tuple(mstream),
-        attn_curve=tuple(attn),
+        attn_curve=tuple(attn), attn_table=tuple(sorted(attn_table)), attn_decode_table=tuple(sorted(attn_decode)),
         sources={"peak_flops": src + "; the best matmul rate measured (not a datasheet peak)",
-                 "matmul_curve": src + "; F.linear (max(n, 64) tokens) x (n x n), operands cycled from beyond L2", "mem_curve": src + "; element-wise a + b",
+                 "matmul_curve": src + "; F.linear (max(n, 64) tokens) x (n x n), operands cycled from beyond L2",
+                 "mem_curve": src + "; mean of six element-wise kernels (product, broadcast, strided, SiLU, row "
+                                    "mean, cat) counted as 3 passes",
                  "op_overhead": src + "; mean of ten small eager ops (pow, mean, add, rsqrt, mul, cat, slice, "
                                       "neg, silu, transpose+reshape) on a (4, 1, 64) tensor",
                  "grad_op_overhead": src + "; the same ten ops on a tensor that requires grad",
                  "matmul_overhead": src + "; nn.Linear(64, 64) on (4, 1, 64)",
                  "attn_overhead": src + "; SDPA with GQA, one query over 64 keys",
-                 "bwd_op_overhead": src + "; autograd chain of one-element multiplies (grad-mode forward included)",
+                 "bwd_op_overhead": src + "; autograd chain of one-element multiplies, less the grad-mode forward, "
+                                          "per backward kernel",
                  "matmul_mem_curve": src + "; F.linear of 4 tokens on one cache-resident n x n weight",
                  "stream_curve": src + "; in-place a += b cycling through 1 MiB buffers totalling the working set",
                  "matmul_stream_curve": src + "; F.linear of 4 tokens cycling through 1 MiB weights totalling the "
                                               "working set",
                  "attn_curve": src + "; causal SDPA at small-model shapes",
+                 "attn_table": src + "; causal SDPA, 16 heads, head_dim 16-128 x length 64-512, per score element",
+                 "attn_decode_table": src + "; SDPA of one query (8 heads, GQA over 2) on 64-4096 cached keys",
                  "attn_bwd": src + "; SDPA forward+backward vs forward",
                  "mem_bytes": "physical RAM (sysconf)", "intra_bw": "not applicable (one device)"},
         set_by=f"calibration: {src}")

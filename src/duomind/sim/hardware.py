@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-CURVES = ("matmul_curve", "mem_curve", "matmul_mem_curve", "stream_curve", "matmul_stream_curve", "attn_curve")
+CURVES = ("matmul_curve", "mem_curve", "matmul_mem_curve", "stream_curve", "matmul_stream_curve", "attn_curve",
+          "attn_table", "attn_decode_table")
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 
 
@@ -66,6 +67,10 @@ class Hardware:
         eager: The device runs unfused PyTorch eager kernels (a calibrated CPU): plans are simulated with
             `fused_kernels=False` whatever they say.
         attn_curve: Measured (FLOPs, FLOP/s) of fused causal attention; overrides matmul rate * attn_eff.
+        attn_table: Measured (head_dim, keys per query, seconds per score element) of fused causal attention
+            over a grid; overrides attn_curve (a CPU kernel's cost per score grows with head_dim and falls with
+            sequence length, which one FLOP-keyed curve cannot express).
+        attn_decode_table: As attn_table for one query per sequence over a cache of `keys` keys (decode).
         sources: Field name -> where its value comes from.
         set_by: How the efficiency factors were set (datasheet, calibration, or the one anchor case).
     """
@@ -96,6 +101,8 @@ class Hardware:
     working_set: float = 0.0
     eager: bool = False
     attn_curve: tuple[tuple[float, float], ...] = ()
+    attn_table: tuple[tuple[float, float, float], ...] = ()
+    attn_decode_table: tuple[tuple[float, float, float], ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
     set_by: str = "datasheet"
 
@@ -144,6 +151,15 @@ class Hardware:
             return t_compute
         bw = self.matmul_bytes_rate(nbytes) if kind == "matmul" else self.bytes_rate(nbytes)
         return max(t_compute, nbytes / bw)
+
+    def attn_time(self, flops: float, nbytes: float, dtype: str, scores: float, head_dim: float, keys: float,
+                  decode: bool) -> float:
+        """Time of one fused attention core: from the measured per-score table when the profile has one."""
+        table = self.attn_decode_table if decode else self.attn_table
+        if not (table and scores):
+            return self.op_time(flops, nbytes, dtype, "attn")
+        t = scores * interp_grid(table, head_dim, keys)
+        return max(t, nbytes / self.bytes_rate(nbytes)) if nbytes else t
 
     def for_working_set(self, nbytes: float) -> Hardware:
         """This profile for a step that cycles through `nbytes` of device memory (weights, optimizer state,
@@ -200,6 +216,20 @@ def interp_log(points: tuple[tuple[float, float], ...], x: float) -> float:
     (x0, y0), (x1, y1) = points[i - 1], points[i]
     w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
     return y0 + w * (y1 - y0)
+
+
+def interp_grid(points: tuple[tuple[float, float, float], ...], x: float, y: float) -> float:
+    """Interpolate z(x, y) over a full grid of (x, y, z) points: log-linear in y, linear in x; clamped."""
+    xs = sorted({p[0] for p in points})
+    by_x = {x0: tuple(sorted((p[1], p[2]) for p in points if p[0] == x0)) for x0 in xs}
+    if x <= xs[0]:
+        return interp_log(by_x[xs[0]], y)
+    if x >= xs[-1]:
+        return interp_log(by_x[xs[-1]], y)
+    i = bisect.bisect_left(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    w = (x - x0) / (x1 - x0)
+    return (1 - w) * interp_log(by_x[x0], y) + w * interp_log(by_x[x1], y)
 
 
 GB = 1e9
@@ -266,7 +296,7 @@ register(Hardware(
 
 # Ascend 910B: the matmul efficiency is the one number set from an anchor case (Pangu Ultra dense,
 # arXiv 2504.07866, >52% MFU); every other Ascend case is predicted blind with it. See ASCEND_ANCHOR.
-ASCEND_MATMUL_EFF = 0.72
+ASCEND_MATMUL_EFF = 0.576
 ASCEND_ANCHOR = "pangu-ultra-135b (arXiv 2504.07866, >52% MFU on 8,192 NPUs)"
 
 register(Hardware(

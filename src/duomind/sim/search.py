@@ -180,6 +180,8 @@ def search(base: str | Arch | dict, hardware: str | Hardware, devices: int, mode
     if devices < 1:
         raise ValueError(f"devices must be >= 1, got {devices}")
     t0 = time.perf_counter()
+    max_total_params, min_total_params, max_active_params, max_memory_gb = (
+        None if v is None else float(v) for v in (max_total_params, min_total_params, max_active_params, max_memory_gb))
     hw = get_hardware(hardware)
     if max_memory_gb:
         import dataclasses

@@ -86,10 +86,15 @@ class Result:
 def op_seconds(hw: Hardware, op: Op, dtype: str, bwd: bool = False, train: bool = False) -> float:
     """Time of `op` (all its instances) forward or backward; `train`: a forward that records autograd."""
     k = op.kind
+    # the backward repeats forward-sized work (a matmul's dgrad and wgrad are each as big as its forward), so
+    # it runs at the forward's per-size rate, `ratio` times over
     ratio = (hw.attn_bwd if k == "attn" else BWD[k]) if bwd else 1.0
-    f, b = op.flops * ratio, op.bytes * ratio
     launches = op.launches * (BWD_LAUNCHES[k] if bwd else 1.0)
-    return op.count * hw.op_time(f, b, dtype, k) + launches * hw.launch(k, bwd, train)
+    if k == "attn":
+        t = hw.attn_time(op.flops, op.bytes, dtype, op.scores, op.head_dim, op.keys, op.decode)
+    else:
+        t = hw.op_time(op.flops, op.bytes, dtype, k)
+    return op.count * ratio * t + launches * hw.launch(k, bwd, train)
 
 
 def cost(hw: Hardware, ops: list[Op], dtype: str, bwd: bool = False, train: bool = False) -> dict[str, float]:
@@ -376,11 +381,11 @@ def _train_memory(a: Arch, p: Plan, s: Shape, stages: list[tuple[int, int]], hw:
         optim = (shard if p.zero >= 1 else full) * opt_b
         dn, mn = st
         per_mb = dn * _act_per_layer(a, p, s, False) + mn * _act_per_layer(a, p, s, True)
-        if p.recompute == "full" and dn + mn:  # one layer's full activations live during its recompute
-            per_mb += _act_per_layer(a, p.replace(recompute="none"), s, mn > 0)
         # 1F1B: device i holds (pp - i) micro-batches in flight; interleaving adds (pp-1)/(pp*vpp) of a stage
-        in_flight = min(p.pp - i, p.micro_batches) * (1 + (p.pp - 1) / (p.pp * p.vpp) if p.vpp > 1 else 1)
+        in_flight = min(p.pp - i, p.micro_batches) * ((1 + (p.pp - 1) / (p.pp * p.vpp)) if p.vpp > 1 else 1)
         acts = per_mb * in_flight
+        if p.recompute == "full" and dn + mn:  # plus one layer's full activations while it is recomputed
+            acts += _act_per_layer(a, p.replace(recompute="none"), s, mn > 0)
         if i == p.pp - 1:  # fp32 logits and their gradient
             acts += s.tokens * a.vocab_size / p.tp * 4 * 2
         mem = {"weights": weights, "grads": grads, "optimizer": optim, "activations": acts}

@@ -34,6 +34,10 @@ class Op:
         bytes: Forward bytes moved by one instance.
         count: Instances (experts on the device run as one grouped kernel: launches are not multiplied).
         launches: Kernel launches for all instances together.
+        scores: Attention score elements (queries x keys x heads) of an "attn" op.
+        head_dim: Per-head width of an "attn" op (mean of the query-key and value widths).
+        keys: Keys each query attends to (mean) of an "attn" op.
+        decode: An "attn" op with one new query per sequence reading a KV cache.
     """
 
     name: str
@@ -43,6 +47,10 @@ class Op:
     bytes: float
     count: float = 1.0
     launches: float = 1.0
+    scores: float = 0.0
+    head_dim: float = 0.0
+    keys: float = 0.0
+    decode: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,9 @@ def attention_ops(a: Arch, s: Shape) -> list[Op]:
     if not s.flash:  # scores materialised: QK^T writes, softmax reads+writes, dropout, AV reads (~6 passes)
         core_bytes += s.act * n * hq * s.seq * 6
         core_flops = 2.0 * n * s.seq * hq * (qk + vd)  # no causal skipping in the unfused path
-    ops.append(Op("attn.core", "attention", "attn", core_flops, core_bytes, 1.0, 1.0 if s.flash else 5.0))
+    keys = s.span if s.flash else s.seq
+    ops.append(Op("attn.core", "attention", "attn", core_flops, core_bytes, 1.0, 1.0 if s.flash else 5.0,
+                  scores=n * keys * hq, head_dim=(qk + vd) / 2, keys=keys, decode=bool(s.kv_read)))
     if s.eager:  # (B, H, T, D) -> (B, T, H*D) copy before the output projection
         ops.append(elem("attn.transpose", "attention", n * hq * vd, 2, s, eager_launches=2))
     ops += [matmul("attn.o", "attention", n, hq * vd, d, s),

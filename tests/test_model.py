@@ -22,6 +22,9 @@ VARIANTS = {
     "mistral_like": {"attention_window": 5},
     "llama3_rope": {"rope_scale": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8}},
+    "moe": {"mlp_type": "moe", "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True},
+    "moge": {"mlp_type": "moge", "num_experts": 8, "num_experts_per_tok": 4, "expert_groups": 4,
+             "router_scale": True, "num_shared_experts": 1, "moe_intermediate_size": 32, "first_dense_layers": 1},
 }
 
 
@@ -135,6 +138,15 @@ def test_loss_is_next_token_cross_entropy():
     ({"hidden_size": 65}, "not divisible by num_attention_heads"),
     ({"init": "xavier"}, "init='xavier'"),
     ({"window_layers": [5], "attention_window": 4}, "outside"),
+    ({"mlp_type": "moe", "num_experts": 6, "expert_groups": 4}, r"num_experts=6 is not divisible by expert_groups=4"),
+    ({"mlp_type": "moge", "num_experts": 8, "expert_groups": 4, "num_experts_per_tok": 6},
+     r"num_experts_per_tok=6 must be a multiple of expert_groups=4"),
+    ({"mlp_type": "moge", "num_experts": 8, "expert_groups": 4, "num_experts_per_tok": 12},
+     r"K'=3 experts per group .* each group holds only 2"),
+    ({"mlp_type": "moe", "num_experts": 8, "num_experts_per_tok": 10}, r"exceeds num_experts=8"),
+    ({"mlp_type": "moge", "num_experts": 8, "expert_groups": 4, "num_experts_per_tok": 4, "norm_topk_prob": True},
+     "does not renormalise"),
+    ({"mlp_type": "mixture"}, "mlp_type='mixture' is not one of"),
 ])
 def test_bad_model_config_names_the_field(kw, msg):
     with pytest.raises(ConfigError, match=msg):

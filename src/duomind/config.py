@@ -20,7 +20,7 @@ import yaml
 NORM_STYLES = ("pre", "sandwich", "dssn")
 INITS = ("normal", "tiny")
 ACTIVATIONS = ("silu", "gelu_tanh")
-MLP_TYPES = ("dense",)
+MLP_TYPES = ("dense", "moe", "moge")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -57,7 +57,21 @@ class ModelConfig:
         init_std: Standard deviation of the "normal" init.
         c_attn: DSSN post-norm gain constant of the attention sub-layer.
         c_mlp: DSSN post-norm gain constant of the MLP sub-layer.
-        mlp_type: "dense" (SwiGLU). MoE variants plug in here.
+        mlp_type: "dense" (SwiGLU), "moe" (softmax top-k over all experts; Mixtral, Qwen3-MoE) or "moge"
+            (Mixture of Grouped Experts, Pangu Pro MoE, arXiv 2505.21411: the same number of experts from
+            every group). See `duomind.moe`.
+        num_experts: Routed experts N per MoE layer.
+        num_experts_per_tok: Experts per token K (all groups together; MoGE takes K / expert_groups per group).
+        expert_groups: Contiguous expert groups M, one per device under expert parallelism. MoGE routes
+            within them; for "moe" they only place experts on devices (load metrics, expert parallelism).
+        moe_intermediate_size: Width of each routed (and shared) expert; defaults to intermediate_size.
+        num_shared_experts: Experts every token goes through (stored as one MLP of their summed width).
+        norm_topk_prob: Renormalise the selected experts' weights to sum to 1 (Mixtral); MoGE never does.
+        router_scale: Multiply each selected weight by a learned per-expert scale (initialised to 1).
+        first_dense_layers: The first n layers keep a dense MLP (intermediate_size wide).
+        router_aux_loss_coef: Weight of the batch-level balance loss added by the trainer (0 disables).
+        router_bias_update_rate: Auxiliary-loss-free balancing (arXiv 2412.19437): a per-expert bias on the
+            selection scores, moved by this much per step towards even loads (0 disables; no bias tensor).
         scale_embeddings: Multiply embeddings by sqrt(d) (Gemma).
         attn_scale: Attention logit scale; defaults to head_dim ** -0.5.
         attn_softcap: tanh soft-capping of attention logits (Gemma 2); None disables.
@@ -92,6 +106,16 @@ class ModelConfig:
     c_attn: float = 0.283
     c_mlp: float = 0.432
     mlp_type: str = "dense"
+    num_experts: int = 8
+    num_experts_per_tok: int = 2
+    expert_groups: int = 1
+    moe_intermediate_size: int | None = None
+    num_shared_experts: int = 0
+    norm_topk_prob: bool = False
+    router_scale: bool = False
+    first_dense_layers: int = 0
+    router_aux_loss_coef: float = 1e-3
+    router_bias_update_rate: float = 0.0
     scale_embeddings: bool = False
     attn_scale: float | None = None
     attn_softcap: float | None = None
@@ -112,6 +136,8 @@ class ModelConfig:
             self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
         if self.intermediate_size is None:
             self.intermediate_size = 16 * math.ceil(8 * self.hidden_size / 3 / 16)
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
         if self.window_layers is not None:
             self.window_layers = [int(i) for i in self.window_layers]
         self.validate()
@@ -146,6 +172,48 @@ class ModelConfig:
                 raise ConfigError(f"window_layers {bad} are outside 0..{self.num_hidden_layers - 1}.")
         if self.attention_window is not None and self.attention_window <= 0:
             raise ConfigError(f"attention_window must be positive, got {self.attention_window}.")
+        if self.mlp_type != "dense":
+            self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        for name in ("num_experts", "num_experts_per_tok", "expert_groups", "moe_intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        n, k, m = self.num_experts, self.num_experts_per_tok, self.expert_groups
+        if n % m:
+            raise ConfigError(f"num_experts={n} is not divisible by expert_groups={m}: every group (one per "
+                              f"device) must hold the same number of experts; choose num_experts a multiple of {m}.")
+        if self.mlp_type == "moge":
+            if k % m:
+                raise ConfigError(f"MoGE takes the same number of experts from each of the {m} groups, so "
+                                  f"num_experts_per_tok={k} must be a multiple of expert_groups={m} "
+                                  f"(e.g. {m * max(k // m, 1)}).")
+            if k // m > n // m:
+                raise ConfigError(f"MoGE would take K'={k // m} experts per group (num_experts_per_tok={k} over "
+                                  f"{m} groups) but each group holds only {n // m}; lower num_experts_per_tok "
+                                  "or raise num_experts.")
+            if self.norm_topk_prob:
+                raise ConfigError("MoGE does not renormalise the selected weights (arXiv 2505.21411); set "
+                                  "norm_topk_prob=False or use mlp_type='moe'.")
+        if k > n:
+            raise ConfigError(f"num_experts_per_tok={k} exceeds num_experts={n}; a token cannot pick more "
+                              "experts than exist.")
+        if not 0 <= self.first_dense_layers <= self.num_hidden_layers:
+            raise ConfigError(f"first_dense_layers={self.first_dense_layers} must lie in 0..{self.num_hidden_layers}.")
+        if self.num_shared_experts < 0:
+            raise ConfigError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}.")
+        if self.router_aux_loss_coef < 0 or self.router_bias_update_rate < 0:
+            raise ConfigError("router_aux_loss_coef and router_bias_update_rate must be >= 0.")
+
+    @property
+    def experts_per_group(self) -> int:
+        """K': experts each token takes from every group (MoGE); K for plain MoE."""
+        return self.num_experts_per_tok // self.expert_groups if self.mlp_type == "moge" else self.num_experts_per_tok
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Whether block `layer_idx` has a routed-expert MLP."""
+        return self.mlp_type != "dense" and layer_idx >= self.first_dense_layers
 
     # --- derived sizes ---
     @property
@@ -164,10 +232,23 @@ class ModelConfig:
         attn += (h * hd + 2 * kv * hd) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
         mlp = 3 * d * f + (2 * f + d) * self.mlp_bias
         norms = d * (4 if self.norm_style != "pre" else 2)
-        total = self.num_hidden_layers * (attn + mlp + norms) + d
+        total = self.num_hidden_layers * (attn + norms) + d
+        total += sum(self._mlp_parameters(i, active=False) if self.is_moe_layer(i) else mlp
+                     for i in range(self.num_hidden_layers))
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return total
+
+    def num_active_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameters one token uses: the router, its K routed experts and the shared experts per MoE layer."""
+        moe = sum(self._mlp_parameters(i, active=False) - self._mlp_parameters(i, active=True)
+                  for i in range(self.num_hidden_layers) if self.is_moe_layer(i))
+        return self.num_parameters(include_embeddings) - moe
+
+    def _mlp_parameters(self, layer_idx: int, active: bool) -> int:
+        d, fe, n = self.hidden_size, self.moe_intermediate_size, self.num_experts
+        routed = (self.num_experts_per_tok if active else n) * 3 * d * fe
+        return n * d + n * self.router_scale + routed + self.num_shared_experts * 3 * d * fe
 
     # --- I/O ---
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +273,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                  tie_word_embeddings=True),
     "base-20m": dict(vocab_size=2048, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                      num_key_value_heads=2, intermediate_size=1024, max_position_embeddings=1024),
+    # Small MoGE for tests and recipes: 8 experts in 4 groups, one per group per token (K' = 1, K = 4).
+    "tiny-moge": dict(vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, mlp_type="moge", num_experts=8, num_experts_per_tok=4,
+                      expert_groups=4, moe_intermediate_size=64),
+    # Pangu Pro MoE (arXiv 2505.21411): 64 experts in 8 groups, K' = 1, 4 shared experts of width 1344;
+    # 72B parameters, 16B active. Build it on the meta device; it is here for sizes and the simulator.
+    "pangu-pro-moe": dict(vocab_size=153376, hidden_size=5120, num_hidden_layers=48, num_attention_heads=40,
+                          num_key_value_heads=8, head_dim=128, intermediate_size=1344, mlp_type="moge",
+                          num_experts=64, num_experts_per_tok=8, expert_groups=8, moe_intermediate_size=1344,
+                          num_shared_experts=4, router_scale=True, max_position_embeddings=131072),
 }
 
 T = TypeVar("T")

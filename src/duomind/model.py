@@ -9,7 +9,15 @@ One block, three norm layouts (`norm_style`)::
 
     N = pre-norm (RMSNorm), P = post-norm on the sub-layer output inside the residual branch.
     Attn: GQA with RoPE, optional qkv bias (Qwen2), per-head qk-norm (Qwen3), logit soft-capping and
-    sliding windows (Gemma 2). MLP: gated (SwiGLU / GeGLU); `mlp_type` is the seam for MoE layers.
+    sliding windows (Gemma 2).
+
+One MLP slot, three kinds (`mlp_type`; the first `first_dense_layers` blocks stay dense)::
+
+    dense     down(act(gate(x)) * up(x))                                        Llama ... Gemma 2
+    moe       sum over the top-K of N experts of w_e * expert_e(x) (+ shared)   Mixtral, Qwen3-MoE
+    moge      the same with K' = K / M experts from each of M groups            Pangu Pro MoE (arXiv 2505.21411)
+
+    (routers, stacked experts, dispatch and load metrics live in `duomind.moe`)
 
 `DuoMind` is a `transformers.PreTrainedModel` registered with AutoConfig / AutoModelForCausalLM under
 model_type "duomind", so checkpoints load with `from_pretrained` and HF `generate` works. The fast path is
@@ -26,9 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOutputWithPast
 
 from duomind.config import ConfigError, ModelConfig
+from duomind.moe import Experts, MoELayer, TopKRouter, model_aux_loss
 
 _MODEL_FIELDS = [f for f in ModelConfig.__dataclass_fields__]
 # Keys that Hugging Face itself writes into config.json; everything else must be a ModelConfig field.
@@ -198,9 +207,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig | DuoMindConfig) -> None:
+    def __init__(self, cfg: ModelConfig | DuoMindConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        d, f = cfg.hidden_size, cfg.intermediate_size
+        d, f = cfg.hidden_size, intermediate_size or cfg.intermediate_size
         self.gate_proj = nn.Linear(d, f, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(d, f, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(f, d, bias=cfg.mlp_bias)
@@ -210,10 +219,15 @@ class MLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-def build_mlp(cfg: ModelConfig | DuoMindConfig) -> nn.Module:
-    """The MLP seam: `mlp_type` selects the feed-forward of every block."""
-    if cfg.mlp_type == "dense":
+def build_mlp(cfg: ModelConfig | DuoMindConfig, layer_idx: int = 0) -> nn.Module:
+    """The MLP seam: `mlp_type` selects the feed-forward of every block (the first layers may stay dense)."""
+    if cfg.mlp_type == "dense" or layer_idx < cfg.first_dense_layers:
         return MLP(cfg)
+    if cfg.mlp_type in ("moe", "moge"):
+        if cfg.mlp_bias:
+            raise ConfigError("mlp_bias=True is not supported with MoE layers; set mlp_bias=False.")
+        shared = MLP(cfg, cfg.num_shared_experts * cfg.moe_intermediate_size) if cfg.num_shared_experts else None
+        return MoELayer.from_config(cfg, shared=shared)
     raise ConfigError(f"mlp_type={cfg.mlp_type!r} is not available in this build.")
 
 
@@ -224,7 +238,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(d, eps)
         self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = RMSNorm(d, eps)
-        self.mlp = build_mlp(cfg)
+        self.mlp = build_mlp(cfg, layer_idx)
         self.sandwich = cfg.norm_style != "pre"
         if self.sandwich:
             depth = math.sqrt(cfg.num_hidden_layers) if cfg.norm_style == "dssn" else None
@@ -280,6 +294,15 @@ class DuoMind(PreTrainedModel, GenerationMixin):
             hf_init.normal_(module.weight, mean=0.0, std=0.5 if tiny else cfg.init_std)
         elif isinstance(module, RMSNorm):
             hf_init.constant_(module.weight, module.init_value)
+        elif isinstance(module, Experts):
+            hf_init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            hf_init.normal_(module.down_proj, mean=0.0, std=std)
+        elif isinstance(module, TopKRouter):
+            hf_init.normal_(module.weight, mean=0.0, std=std)
+            if module.expert_scale is not None:
+                hf_init.ones_(module.expert_scale)
+            if module.expert_bias is not None:
+                hf_init.zeros_(module.expert_bias)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed
@@ -386,8 +409,15 @@ class DuoMind(PreTrainedModel, GenerationMixin):
             # shift the labels, not the logits: slicing (B, T, V) logits would copy them
             target = F.pad(labels[:, 1:], (0, 1), value=-100)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache,
-                                      hidden_states=tuple(hidden) if hidden is not None else None)
+        hidden_states = tuple(hidden) if hidden is not None else None
+        if self.config.mlp_type == "dense":
+            return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=hidden_states)
+        # MoE: the balance loss of this forward (training mode only), added to the LM loss as HF does
+        aux = model_aux_loss(self) if self.training else None
+        if loss is not None and aux is not None and self.config.router_aux_loss_coef:
+            loss = loss + self.config.router_aux_loss_coef * aux
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, cache=cache,
+                                         hidden_states=hidden_states)
 
 
 AutoConfig.register("duomind", DuoMindConfig, exist_ok=True)

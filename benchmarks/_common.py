@@ -27,10 +27,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds; writes to a temp dir unless --out")
     p.add_argument("--out", type=Path, default=None, help="directory for <name>.json and <name>.png")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores); use 1 while another process loads the machine, "
+                        "where spinning intra-op threads slow small ops by orders of magnitude")
     return p
 
 
 def out_dir(args: argparse.Namespace) -> Path:
+    """Where results go (see the module docstring); also applies --threads."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         return args.out

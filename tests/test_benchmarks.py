@@ -19,6 +19,9 @@ KEYS = {
     "dssn": ["variants", "dssn_tiny_spikes", "dssn_tiny_fewest_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
     "rewards": ["math_checks_per_second", "code_programs_per_second", "math_verifier_accuracy",
                 "math_verifier_failures", "code_isolation"],
+    "sim_search": ["configs_per_second", "front", "simulated_per_run"],
+    "sim_validation": ["local_median_abs_error", "published_median_abs_error", "published_blind_median_abs_error",
+                       "moe_vs_moge"],
 }
 
 
@@ -40,6 +43,13 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert 0.0 <= result["math_verifier_accuracy"] <= 1.0
         # every failure is listed, so the accuracy can be recomputed from them
         assert result["math_verifier_accuracy"] == 1 - len(result["math_verifier_failures"]) / result["accuracy"]["cases"]
+    if name == "sim_search":
+        assert result["configs_per_second"] > 0 and result["front"]
+    if name == "sim_validation":
+        assert len({c["model"] for c in result["local"]["cases"]}) >= 3  # three sizes, train and decode each
+        roles = [c["role"] for c in result["published"]["cases"]]
+        assert roles.count("blind") >= 6 and all(c["source"] for c in result["published"]["cases"])
+        assert result["moe_vs_moge"]["rows"][-1]["train_moe_over_moge"] > 1  # skewed MoE is slower than MoGE
 
 
 def test_quick_never_writes_into_results(tmp_path):

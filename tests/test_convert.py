@@ -13,8 +13,10 @@ from transformers import (
     Gemma2Config,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 import duomind  # noqa: F401  (as users do; importing duomind.convert registers the model type)
@@ -37,6 +39,10 @@ CASES = {
     "qwen3": lambda: Qwen3Config(**TINY, head_dim=32, attention_bias=True, tie_word_embeddings=True),
     "gemma2": lambda: Gemma2Config(**TINY, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
                                    attn_logit_softcapping=3.0, final_logit_softcapping=2.0),
+    "mixtral": lambda: MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=4),
+    # layer 0 dense (mlp_only_layers), renormalised top-2 of 4 experts 32 wide
+    "qwen3_moe": lambda: Qwen3MoeConfig(**TINY, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                        moe_intermediate_size=32, mlp_only_layers=[0], norm_topk_prob=True),
 }
 
 
@@ -192,6 +198,9 @@ def save_duomind(cfg: ModelConfig, path: Path, seed: int = 0) -> DuoMind:
     (dict(qkv_bias=True), "llama"),  # Llama's attention_bias holds it, with a zero o_proj bias
     (dict(norm_style="dssn", hidden_act="gelu_tanh", scale_embeddings=True, tie_word_embeddings=True),
      "gemma2"),
+    (dict(mlp_type="moe", num_experts=4, norm_topk_prob=True), "mixtral"),
+    (dict(mlp_type="moe", num_experts=4, qk_norm=True, first_dense_layers=1, moe_intermediate_size=32),
+     "qwen3_moe"),
 ])
 def test_export_picks_simplest_format(tmp_path, fields, target):
     cfg = ModelConfig(vocab_size=128, bos_token_id=1, eos_token_id=2, **fields)
@@ -226,6 +235,16 @@ def test_export_follows_recorded_source(tmp_path):
     (dict(attn_softcap=30.0), "qwen3", r"attn_softcap=30.0"),
     (dict(hidden_act="gelu_tanh", scale_embeddings=True, norm_style="sandwich", attn_scale=0.3), "gemma2",
      r"Gemma 2 cannot express attn_scale=0.3"),
+    (dict(mlp_type="moe", num_experts=4, norm_topk_prob=True), "llama",
+     r"Llama cannot express mlp_type='moe'; export as mixtral \(--to mixtral\)"),
+    (dict(mlp_type="moe", num_experts=4, first_dense_layers=1, qk_norm=True), "mixtral",
+     r"Mixtral cannot express .*qk_norm=True, norm_topk_prob=False, first_dense_layers=1; export as qwen3_moe"),
+    (dict(mlp_type="moe", num_experts=4, first_dense_layers=1), "mixtral",
+     r"intermediate_size=176, norm_topk_prob=False, first_dense_layers=1; no supported Hugging Face format"),
+    (dict(mlp_type="moge", num_experts=8, num_experts_per_tok=4, expert_groups=4), "qwen3_moe",
+     r"Qwen3-MoE cannot express qk_norm=False, mlp_type=.moge.; no supported.*keep it as a DuoMind checkpoint"),
+    (dict(mlp_type="moe", num_experts=4, num_shared_experts=1, router_bias_update_rate=0.01), "qwen3_moe",
+     r"num_shared_experts=1, router_bias_update_rate=0.01"),
 ])
 def test_export_errors_name_the_field(fields, target, message):
     with pytest.raises(ConversionError, match=message):
@@ -301,7 +320,7 @@ def test_dst_exists_needs_overwrite_and_failures_leave_it_intact(llama_dir, monk
 def test_unknown_architecture_lists_supported(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    supported = "duomind, llama, mistral, qwen2, qwen3, gemma2."
+    supported = "duomind, llama, mistral, qwen2, qwen3, gemma2, mixtral, qwen3_moe."
     with pytest.raises(ConversionError, match=f"'gpt2'; supported: {supported}"):
         convert(tmp_path / "src", tmp_path / "dst")
 
@@ -348,6 +367,35 @@ def test_to_is_checked(llama_dir):
     convert(tmp / "hf", tmp / "dm")
     with pytest.raises(ConversionError, match="'gpt2'; supported:"):
         convert(tmp / "dm", tmp / "out", to="gpt2")
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_expert_count_disagreeing_with_config_is_refused(tmp_path, arch):
+    hf = tiny_hf(CASES[arch]())
+    hf.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    key = "num_local_experts"  # transformers 5 writes this key for both formats
+    config[key] = 8
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match=r"layer \d holds experts 0..3 \(4\) but config.json says 8 \(num_"):
+        convert(tmp_path / "hf", tmp_path / "out")
+    config[key] = 4
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    gone = next(k for k in state if k.endswith("experts.2.w2.weight") or k.endswith("experts.2.down_proj.weight"))
+    del state[gone]
+    save_file(state, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(ConversionError, match=f"expert tensor '{gone}' is missing"):
+        convert(tmp_path / "hf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_qwen3_moe_with_interleaved_dense_layers_is_refused():
+    hf = Qwen3MoeConfig(**TINY, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=2).to_dict()  # 0 dense, 1 sparse
+    assert CONVERTERS["qwen3_moe"].config_to_duomind(hf).first_dense_layers == 1
+    hf = Qwen3MoeConfig(**{**TINY, "num_hidden_layers": 3}, num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1]).to_dict()
+    with pytest.raises(ConversionError, match=r"dense layers \[1\].*only the first n layers dense"):
+        CONVERTERS["qwen3_moe"].config_to_duomind(hf)
 
 
 def test_registry_rejects_duplicates():

@@ -8,6 +8,8 @@ that fits in memory converts::
     DuoMind dir  --config_from_duomind, renames, zero biases the target always has-->  HF dir
 
 The direction comes from SRC's config.json `model_type`: "duomind" is exported, a supported HF type imported.
+Mixture-of-experts formats (Mixtral, Qwen3-MoE) store one tensor per expert; they are stacked into DuoMind's
+(N, ...) expert tensors on import and split again on export (`ExpertLayout`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ SANDWICH_RENAMES = _renames({"input_layernorm": "attn_norm", "post_attention_lay
                              "pre_feedforward_layernorm": "mlp_norm",
                              "post_feedforward_layernorm": "mlp_post_norm"}, norm_offset=1.0)
 
+
+
+def _moe_renames(block: str) -> tuple[Rename, ...]:
+    """Router and stacked experts of a MoE block; the stacked HF names are the ones `ExpertLayout.fuse` makes."""
+    layer = "model.layers.{i}."
+    return (Rename(f"{layer}{block}.gate.weight", "layers.{i}.mlp.router.weight"),
+            Rename(f"{layer}{block}.experts.gate_up_proj", "layers.{i}.mlp.experts.gate_up_proj"),
+            Rename(f"{layer}{block}.experts.down_proj", "layers.{i}.mlp.experts.down_proj"))
+
+
+MIXTRAL_RENAMES = PRE_NORM_RENAMES + _moe_renames("block_sparse_moe")
+QWEN3_MOE_RENAMES = PRE_NORM_RENAMES + _moe_renames("mlp")
+
 _LAYER_INDEX = re.compile(r"(?<=layers\.)\d+(?=\.)")
 
 
@@ -135,6 +150,75 @@ def _check_tensors(state: dict[str, torch.Tensor], expected: dict[str, tuple[int
         if tuple(state[name].shape) != shape:
             raise ConversionError(f"{where}: tensor {name!r} has shape {list(state[name].shape)} but "
                                   f"config.json implies {list(shape)}.")
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """How an HF MoE format names its experts: one tensor per expert and projection.
+
+    Import stacks them into `model.layers.{i}.{block}.experts.gate_up_proj` (N, 2F, d) and `.down_proj`
+    (N, d, F), the names the rename table maps onto DuoMind's; export splits them again.
+    """
+
+    block: str  # "block_sparse_moe" (Mixtral) or "mlp" (Qwen3-MoE)
+    gate: str
+    up: str
+    down: str
+    count_key: str  # the config.json key of the expert count, for error messages
+
+    def _name(self, i: int, e: int, proj: str) -> str:
+        return f"model.layers.{i}.{self.block}.experts.{e}.{proj}.weight"
+
+    def fuse(self, state: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> dict[str, torch.Tensor]:
+        """Stack per-expert tensors; a layer holding another number of experts than config.json says is refused."""
+        found: dict[int, set[int]] = {}
+        pattern = re.compile(rf"model\.layers\.(\d+)\.{re.escape(self.block)}\.experts\.(\d+)\.")
+        for name in state:
+            m = pattern.match(name)
+            if m:
+                found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+        out = dict(state)
+        n = cfg.num_experts
+        for i in range(cfg.num_hidden_layers):
+            if not cfg.is_moe_layer(i):
+                continue
+            fused = f"model.layers.{i}.{self.block}.experts."
+            if fused + "gate_up_proj" in state and i not in found:
+                continue  # already stacked (transformers 5's in-memory layout)
+            have = found.get(i, set())
+            if have != set(range(n)):
+                held = f"experts {min(have)}..{max(have)} ({len(have)})" if have else "no experts"
+                raise ConversionError(f"{where}: layer {i} holds {held} but config.json says {n} ({self.count_key}); "
+                                      "the config and the weights disagree (fix config.json or use the matching "
+                                      "weights).")
+            try:
+                gate_up = [torch.cat([out.pop(self._name(i, e, self.gate)), out.pop(self._name(i, e, self.up))])
+                           for e in range(n)]
+                down = [out.pop(self._name(i, e, self.down)) for e in range(n)]
+            except KeyError as err:
+                raise ConversionError(f"{where}: expert tensor {err.args[0]!r} is missing.") from None
+            out[fused + "gate_up_proj"] = torch.stack(gate_up)
+            out[fused + "down_proj"] = torch.stack(down)
+        extra = sorted(i for i in found if not cfg.is_moe_layer(i))
+        if extra:
+            raise ConversionError(f"{where}: layers {extra} hold experts but config.json makes them dense; the "
+                                  "config and the weights disagree.")
+        return out
+
+    def split(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        """Inverse of `fuse`: one tensor per expert and projection."""
+        out = dict(state)
+        f = cfg.moe_intermediate_size
+        for i in range(cfg.num_hidden_layers):
+            fused = f"model.layers.{i}.{self.block}.experts."
+            if fused + "gate_up_proj" not in out:
+                continue
+            gate_up, down = out.pop(fused + "gate_up_proj"), out.pop(fused + "down_proj")
+            for e in range(gate_up.shape[0]):
+                out[self._name(i, e, self.gate)] = gate_up[e, :f].contiguous()
+                out[self._name(i, e, self.up)] = gate_up[e, f:].contiguous()
+                out[self._name(i, e, self.down)] = down[e].contiguous()
+        return out
 
 
 # --- configs ------------------------------------------------------------------------------------------------
@@ -296,8 +380,50 @@ def _gemma2_out(cfg: ModelConfig) -> dict[str, Any]:
                 sliding_window=cfg.attention_window if _window_layers(cfg) else cfg.max_position_embeddings)
 
 
+def _moe_in(hf: dict[str, Any], count: int, moe_width: int) -> dict[str, Any]:
+    if not count:
+        raise ConversionError("config.json has 0 experts: this is a dense model; convert it as its dense architecture.")
+    return dict(mlp_type="moe", num_experts=count, num_experts_per_tok=_need(hf, "num_experts_per_tok"),
+                moe_intermediate_size=moe_width, router_aux_loss_coef=float(hf.get("router_aux_loss_coef") or 0.0))
+
+
+def _mixtral_in(hf: dict[str, Any]) -> dict[str, Any]:
+    # Every Mixtral layer is sparse, its experts are intermediate_size wide, and it always renormalises.
+    return dict(**_mistral_in(hf), **_moe_in(hf, _need(hf, "num_local_experts"), _need(hf, "intermediate_size")),
+                norm_topk_prob=True)
+
+
+def _mixtral_out(cfg: ModelConfig) -> dict[str, Any]:
+    # Mixtral writes head_dim null when it is hidden_size / heads, as transformers' own config does.
+    head_dim = None if cfg.head_dim * cfg.num_attention_heads == cfg.hidden_size else cfg.head_dim
+    return dict(**_mistral_out(cfg), head_dim=head_dim, num_local_experts=cfg.num_experts,
+                num_experts_per_tok=cfg.num_experts_per_tok,
+                intermediate_size=cfg.moe_intermediate_size, router_aux_loss_coef=cfg.router_aux_loss_coef,
+                router_jitter_noise=0.0, output_router_logits=False)
+
+
+def _qwen3_moe_in(hf: dict[str, Any]) -> dict[str, Any]:
+    count = hf.get("num_experts", hf.get("num_local_experts"))
+    layers, step, only = hf["num_hidden_layers"], hf.get("decoder_sparse_step") or 1, set(hf.get("mlp_only_layers") or [])
+    dense = [i for i in range(layers) if i in only or (i + 1) % step]
+    if dense != list(range(len(dense))):
+        raise ConversionError(f"Qwen3-MoE with dense layers {dense} (mlp_only_layers / decoder_sparse_step) is not "
+                              "supported: DuoMind keeps only the first n layers dense.")
+    return dict(**_qwen3_in(hf), **_moe_in(hf, count, _need(hf, "moe_intermediate_size")),
+                norm_topk_prob=bool(hf.get("norm_topk_prob")), first_dense_layers=len(dense))
+
+
+def _qwen3_moe_out(cfg: ModelConfig) -> dict[str, Any]:
+    return dict(**_qwen3_out(cfg), num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                moe_intermediate_size=cfg.moe_intermediate_size, norm_topk_prob=cfg.norm_topk_prob,
+                decoder_sparse_step=1, mlp_only_layers=list(range(cfg.first_dense_layers)),
+                router_aux_loss_coef=cfg.router_aux_loss_coef, output_router_logits=False)
+
+
 # These shape training, not the function the weights compute.
-_TRAINING_ONLY = ("init", "init_std", "c_attn", "c_mlp")
+_TRAINING_ONLY = ("init", "init_std", "c_attn", "c_mlp", "router_aux_loss_coef")
+_MOE_FIELDS = ("num_experts", "num_experts_per_tok", "expert_groups", "moe_intermediate_size", "num_shared_experts",
+               "norm_topk_prob", "router_scale", "first_dense_layers", "router_bias_update_rate")
 _ZERO_FILLABLE = ("qkv_bias", "o_bias")  # a target may hold biases the model lacks: they are written as zeros
 
 
@@ -313,7 +439,19 @@ def _inference_view(cfg: ModelConfig) -> dict[str, Any]:
     scale = dict(cfg.rope_scale or {})
     scale["rope_type"] = scale.pop("type", scale.get("rope_type", "default"))
     view["rope_scale"] = scale if scale["rope_type"] != "default" else None
+    if cfg.mlp_type == "dense":
+        for name in _MOE_FIELDS:
+            view.pop(name)
+    else:
+        if not cfg.first_dense_layers:
+            view.pop("intermediate_size")  # no dense MLP left to use it
+        if cfg.mlp_type == "moe":
+            view.pop("expert_groups")  # only places experts on devices; routing ignores it
+        view["router_bias_update_rate"] = cfg.router_bias_update_rate > 0  # the bias tensor changes routing
     return view
+
+
+_ABSENT = object()
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -337,6 +475,7 @@ class Converter:
     write: Callable[[ModelConfig], dict[str, Any]]
     renames: tuple[Rename, ...]
     defaults: dict[str, Any] = field(default_factory=dict)
+    experts: ExpertLayout | None = None  # MoE formats: how per-expert tensors are named
 
     def config_to_duomind(self, hf_config: dict[str, Any]) -> ModelConfig:
         """Map an HF config.json dict to a `ModelConfig`."""
@@ -354,7 +493,9 @@ class Converter:
         """ModelConfig fields this format cannot hold: the written config must read back to the same model."""
         back = self.config_to_duomind(self._config_unchecked(cfg))
         ours, theirs = _inference_view(cfg), _inference_view(back)
-        bad = [k for k in ours if not _same(ours[k], theirs[k])]
+        bad = [k for k in ours if not _same(ours[k], theirs.get(k, _ABSENT))]
+        if "mlp_type" in bad:  # a dense format cannot hold any expert field: naming mlp_type says it all
+            bad = [k for k in bad if k not in _MOE_FIELDS]
         return bad + [k for k in _ZERO_FILLABLE if getattr(cfg, k) and not getattr(back, k)]
 
     def config_from_duomind(self, cfg: ModelConfig) -> dict[str, Any]:
@@ -398,6 +539,15 @@ register(Converter("gemma2", "Gemma 2", "Gemma2ForCausalLM", _gemma2_in, _gemma2
                         eos_token_id=1, bos_token_id=2, hidden_activation="gelu_pytorch_tanh",
                         query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
                         final_logit_softcapping=30.0)))
+register(Converter("mixtral", "Mixtral", "MixtralForCausalLM", _mixtral_in, _mixtral_out, MIXTRAL_RENAMES,
+                   dict(max_position_embeddings=131072, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                        rope_theta=1e6, num_local_experts=8, num_experts_per_tok=2),
+                   ExpertLayout("block_sparse_moe", "w1", "w3", "w2", "num_local_experts")))
+register(Converter("qwen3_moe", "Qwen3-MoE", "Qwen3MoeForCausalLM", _qwen3_moe_in, _qwen3_moe_out,
+                   QWEN3_MOE_RENAMES,
+                   dict(max_position_embeddings=32768, sliding_window=4096, max_window_layers=28,
+                        decoder_sparse_step=1, norm_topk_prob=False, num_experts_per_tok=8),
+                   ExpertLayout("mlp", "gate_proj", "up_proj", "down_proj", "num_experts or num_local_experts")))
 
 
 def get_converter(model_type: str) -> Converter:
@@ -421,6 +571,8 @@ def hf_to_duomind_state(model_type: str, hf_state: dict[str, torch.Tensor], hf_c
     state = {k: v for k, v in hf_state.items() if not k.endswith("rotary_emb.inv_freq")}
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
+    if conv.experts is not None:
+        state = conv.experts.fuse(state, cfg, f"{where} ({conv.label})")
     _check_tensors(state, expected, f"{where} ({conv.label})")
     return cfg, _rename(state, conv.renames, to_hf=False, dtype=dtype)
 
@@ -439,7 +591,8 @@ def duomind_to_hf_state(model_type: str, cfg: ModelConfig, state: dict[str, torc
     for name, shape in duomind_shapes(conv.config_to_duomind(hf_config)).items():
         state.setdefault(name, torch.zeros(shape, dtype=like.dtype))  # biases the target format always has
     hf_config["dtype"] = str(dtype or like.dtype).removeprefix("torch.")
-    return hf_config, _rename(state, conv.renames, to_hf=True, dtype=dtype)
+    out = _rename(state, conv.renames, to_hf=True, dtype=dtype)
+    return hf_config, (conv.experts.split(out, cfg) if conv.experts is not None else out)
 
 
 # --- files --------------------------------------------------------------------------------------------------
@@ -687,13 +840,13 @@ def convert_cli(src: str, dst: str, to: str | None = None, dtype: str | None = N
     """Convert a Hugging Face checkpoint to DuoMind, or a DuoMind checkpoint back to Hugging Face.
 
     The direction comes from SRC's config.json: model_type "duomind" is exported, llama / mistral / qwen2 /
-    qwen3 / gemma2 are imported. Weights are mapped tensor by tensor over safetensors (no HF model is built).
+    qwen3 / gemma2 / mixtral / qwen3_moe are imported. Weights are mapped tensor by tensor over safetensors (no HF model is built).
 
     Args:
         src: Checkpoint directory holding config.json and model.safetensors (or sharded safetensors).
         dst: Output directory, written atomically; must not exist or be empty unless --overwrite.
-        to: HF format for exporting a DuoMind checkpoint (llama, mistral, qwen2, qwen3, gemma2); default: the
-            format it was imported from, else the simplest that can express the model.
+        to: HF format for exporting a DuoMind checkpoint (llama, mistral, qwen2, qwen3, gemma2, mixtral,
+            qwen3_moe); default: the format it was imported from, else the simplest that can express the model.
         dtype: Cast weights to float32, bfloat16 or float16; default keeps the source dtype.
         overwrite: Replace an existing non-empty DST.
     """

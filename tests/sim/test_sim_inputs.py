@@ -150,3 +150,5 @@ def test_impossible_plans_list_every_reason():
     assert any("does not divide the 64 experts" in r
                for r in Plan(ep=3, dp=3).problems(MODELS["pangu-pro-moe-72b"]))
     assert any("vpp > 1" in r for r in Plan(vpp=2).problems(arch))
+    assert any("training only" in r for r in Plan(cp=2).problems(arch, "infer"))
+    assert any("CP 3 does not divide seq_len" in r for r in Plan(cp=3, seq_len=4096).problems(arch))

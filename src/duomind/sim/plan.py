@@ -190,6 +190,8 @@ class Plan:
             if (self.dp * self.cp) % self.ep and (self.ep % self.tp or (self.dp * self.cp * self.tp) % self.ep):
                 out.append(f"EP {self.ep} must divide dp*cp = {self.dp * self.cp}, or be a multiple of tp that "
                            f"divides dp*cp*tp = {self.dp * self.cp * self.tp}")
+        if mode == "infer" and self.cp > 1:
+            out.append(f"CP {self.cp}: context parallelism is modelled for training only; set cp: 1 for inference")
         if mode == "train":
             if self.seq_len % self.cp:
                 out.append(f"CP {self.cp} does not divide seq_len {self.seq_len}")

@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "convert": ("duomind.convert:convert_cli", "Convert a Hugging Face checkpoint to DuoMind or back (direction from SRC)."),
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
     "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
+    "distill": ("duomind.distill.cli:distill_cli", "Iterative distillation: teacher sampling, verification, difficulty-balanced SFT, merging."),
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
     "merge": ("duomind.merge:merge_cli", "Merge checkpoints (linear, task arithmetic, TIES, DARE, SLERP, Model Stock) from a YAML config."),
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),

@@ -2,12 +2,15 @@
 and only inside `calibrate()`.
 
 Measured with the same library the DuoMind model runs on (PyTorch eager, float32 on CPU):
-  1. per-call overheads on decode-sized tensors: a mix of small eager ops, nn.Linear, SDPA; and per op of
-     a tiny autograd chain's backward;
-  2. matmul FLOP/s (F.linear) at sizes from tiny to large -> `matmul_curve` (call overhead subtracted);
-  3. element-wise bytes/s (a + b) from cache-resident to DRAM-sized tensors -> `mem_curve`;
-  4. weight-streaming rate of skinny (decode) matmuls -> `matmul_mem_curve`;
-  5. fused causal attention (SDPA) FLOP/s at small-model shapes -> `attn_curve`, and its backward ratio.
+  1. per-call overheads: small eager ops with and without grad recording, their backward (an autograd
+     chain), nn.Linear and SDPA;
+  2. matmul FLOP/s (F.linear, operands cycled from beyond L2) at sizes from tiny to large -> `matmul_curve`;
+  3. element-wise bytes/s of a mix of model-like kernels, cache-resident to DRAM-sized -> `mem_curve`;
+  4. weight reads of skinny (decode) matmuls, cache-hot -> `matmul_mem_curve`, and capped by the working set
+     (cycling 1 MiB buffers or weights totalling 1-256 MiB) -> `stream_curve`, `matmul_stream_curve`;
+  5. fused attention (SDPA) seconds per score element over head_dim x length, causal and decode ->
+     `attn_table`, `attn_decode_table` (and `attn_curve`), and its backward / forward ratio.
+Every curve is smoothed (median of neighbours) so one noisy point on a shared machine does not bend it.
 """
 
 from __future__ import annotations

@@ -256,3 +256,106 @@ def test_training_forward_returns_the_balance_loss():
     out.loss.backward()
     assert model.layers[0].mlp.router.weight.grad.abs().sum() > 0
     assert model.eval()(x).aux_loss is None
+
+
+# --- training ---
+
+def train_cfg(tmp_path, tok, data, **kw):
+    from duomind.config import TrainConfig
+
+    base = dict(out_dir=str(tmp_path / "run"), data=str(data), tokenizer=str(tok), seq_len=32, global_batch_size=8,
+                micro_batch_size=4, max_steps=4, save_every=2, lr=1e-2, warmup_steps=1, progress=False, log_every=1,
+                model_preset="tiny-moge")
+    return TrainConfig(**{**base, **kw})
+
+
+def rows(run) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def test_trainer_logs_imbalance_per_step_moge_zero_moe_positive(tmp_path, tiny_tokenizer_dir, corpus_file):
+    from duomind.train import load_model, train
+
+    for kind in ("moge", "moe"):
+        out = train(train_cfg(tmp_path / kind, tiny_tokenizer_dir, corpus_file, model={"mlp_type": kind}))
+        logged = rows(tmp_path / kind / "run")
+        assert [r["step"] for r in logged] == [1, 2, 3, 4]
+        for r in logged:
+            assert len(r["moe_is_layers"]) == 2 and r["moe_aux_loss"] > 1.0  # two layers, each >= ~1
+            if kind == "moge":
+                assert r["moe_is"] == 0.0 and r["moe_is_max"] == 0.0 and r["moe_load_max_over_mean"] == 1.0
+        if kind == "moe":
+            assert all(r["moe_is_max"] > 0 for r in logged)
+        model = load_model(out)
+        assert model.config.mlp_type == kind and type(model.layers[1].mlp).__name__ == "MoELayer"
+
+
+def test_moe_resume_is_exact_with_router_bias(tmp_path, tiny_tokenizer_dir, corpus_file):
+    from duomind.train import train
+
+    moe = {"mlp_type": "moe", "router_bias_update_rate": 0.01}
+    straight = train(train_cfg(tmp_path / "a", tiny_tokenizer_dir, corpus_file, model=moe))
+    c = train_cfg(tmp_path / "b", tiny_tokenizer_dir, corpus_file, model=moe, stop_at=2)
+    train(c)
+    c.stop_at = None
+    resumed = train(c)
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a["layers.0.mlp.router.expert_bias"].abs().sum() > 0  # the bias really moved
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_balance_loss_coefficient_reaches_the_router_gradient(tiny_tokenizer, corpus_file):
+    from duomind.config import TrainConfig
+    from duomind.train.data import build_examples, read_records
+    from duomind.train.loop import accumulate
+
+    ex = build_examples(tiny_tokenizer, read_records(corpus_file), "pretrain", 32)
+    idx = list(range(8))
+    n_target = sum(sum(1 for y in ex.labels[i][1:] if y != -100) for i in idx)
+    grads = {}
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = DuoMind(ModelConfig.from_preset("tiny-moge", vocab_size=len(tiny_tokenizer),
+                                                router_aux_loss_coef=coef))
+        meter = LoadMeter(model)
+        loss, _ = accumulate(model, None, ex, idx, n_target, TrainConfig(micro_batch_size=4, global_batch_size=8),
+                             tiny_tokenizer.pad_token_id, "cpu", meter=meter)
+        grads[coef] = (float(loss), model.layers[0].mlp.router.weight.grad.clone(),
+                       model.lm_head.weight.grad.clone(), meter.aux)
+    assert grads[0.0][0] == pytest.approx(grads[1.0][0])  # the returned loss is the LM loss alone
+    assert grads[1.0][3] > 1.0 and grads[0.0][3] == pytest.approx(grads[1.0][3])
+    assert (grads[0.0][1] - grads[1.0][1]).abs().max() > 1e-4  # the balance loss moves the router
+    torch.testing.assert_close(grads[0.0][2], grads[1.0][2])  # but not the head, which comes after every router
+
+
+def test_two_process_moe_run_equals_one_process(tmp_path, tiny_tokenizer_dir, corpus_file):
+    """Data parallel MoE: the expert loads (for the router bias and the logged IS) are summed over ranks."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from duomind.train import train
+
+    moe = {"mlp_type": "moe", "expert_groups": 4, "router_bias_update_rate": 0.01, "router_aux_loss_coef": 0.01}
+    one = train(train_cfg(tmp_path, tiny_tokenizer_dir, corpus_file, out_dir=str(tmp_path / "one"), model=moe,
+                          lr=1e-3, save_every=100))
+    args = ["--data", str(corpus_file), "--tokenizer", str(tiny_tokenizer_dir), "--max_steps", "4", "--seq_len", "32",
+            "--global_batch_size", "8", "--micro_batch_size", "4", "--progress", "false", "--threads", "1",
+            "--model_preset", "tiny-moge", "--model", json.dumps(moe), "--lr", "1e-3", "--warmup_steps", "1",
+            "--log_every", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
+           "-m", "duomind.cli", "train", *args, "--out_dir", str(tmp_path / "two")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    a, b = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "step-000004" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    for r1, r2 in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+        assert r1["moe_is_layers"] == pytest.approx(r2["moe_is_layers"], abs=1e-6)
+        assert r1["moe_aux_loss"] == pytest.approx(r2["moe_aux_loss"], rel=1e-5)

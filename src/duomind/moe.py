@@ -398,6 +398,7 @@ class LoadMeter:
             raise ValueError(f"groups={self.groups} does not divide num_experts={n}; choose a divisor.")
         self.counts = torch.zeros(len(self.layers), n, dtype=torch.float64)
         self.tokens = 0
+        self.aux = 0.0  # balance loss (summed over layers), averaged over the step's micro-batches by the trainer
 
     def __bool__(self) -> bool:
         return bool(self.layers)
@@ -405,6 +406,7 @@ class LoadMeter:
     def reset(self) -> None:
         self.counts.zero_()
         self.tokens = 0
+        self.aux = 0.0
 
     def update(self) -> None:
         """Add the expert choices of each layer's last forward."""
@@ -418,10 +420,11 @@ class LoadMeter:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat([self.counts.flatten(), torch.tensor([float(self.tokens)], dtype=torch.float64)])
+            extra = torch.tensor([float(self.tokens), self.aux], dtype=torch.float64)
+            flat = torch.cat([self.counts.flatten(), extra])
             dist.all_reduce(flat)
-            self.counts.copy_(flat[:-1].view_as(self.counts))
-            self.tokens = int(flat[-1])
+            self.counts.copy_(flat[:-2].view_as(self.counts))
+            self.tokens, self.aux = int(flat[-2]), float(flat[-1])
 
     def layer_is(self) -> list[float]:
         """Imbalance score of each layer over the accumulated batch."""
@@ -429,14 +432,15 @@ class LoadMeter:
 
     def metrics(self) -> dict[str, float | list[float]]:
         """moe_is (mean over layers), moe_is_max, moe_load_max_over_mean (busiest device / mean device load,
-        mean over layers) and moe_is_layers."""
+        mean over layers), moe_is_layers and moe_aux_loss."""
         if not self.layers or not self.tokens:
             return {}
         layer_is = self.layer_is()
         loads = torch.stack([device_loads(c, self.groups) for c in self.counts])  # (L, M)
         ratio = (loads.max(-1).values / loads.mean(-1).clamp_min(1e-12)).mean()
         return {"moe_is": sum(layer_is) / len(layer_is), "moe_is_max": max(layer_is),
-                "moe_load_max_over_mean": float(ratio), "moe_is_layers": [round(v, 6) for v in layer_is]}
+                "moe_load_max_over_mean": float(ratio), "moe_is_layers": [round(v, 6) for v in layer_is],
+                "moe_aux_loss": self.aux}
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import yaml
 
 from duomind.config import ModelConfig, TrainConfig
+from duomind.moe import LoadMeter, update_router_bias
 from duomind.train.checkpoint import (
     latest_checkpoint,
     load_model,
@@ -64,16 +65,22 @@ def kd_loss_sum(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
 
 
 def accumulate(model, teacher, ex: Examples, idx: list[int], n_target: int, cfg: TrainConfig, pad_id: int,
-               device, autocast=nullcontext) -> tuple[torch.Tensor, int]:
+               device, autocast=nullcontext, meter: LoadMeter | None = None) -> tuple[torch.Tensor, int]:
     """Forward/backward `idx` in micro-batches, adding to .grad; the loss is summed then divided by
-    `n_target` (the global batch's target-token count), so the split into micro-batches does not matter."""
+    `n_target` (the global batch's target-token count), so the split into micro-batches does not matter.
+
+    MoE models: each micro-batch's balance loss (`aux_loss`, times `router_aux_loss_coef`) is weighted by its
+    share of the target tokens and added to the gradient; it is kept out of the returned loss (which stays the
+    LM loss) and summed into `meter.aux`. `meter` also collects the expert loads of every forward."""
     loss_total, n_tokens = torch.zeros((), device=device), 0
+    coef = getattr(model.config, "router_aux_loss_coef", 0.0) if meter else 0.0
     for m in range(0, len(idx), cfg.micro_batch_size):
         ids, labels = collate(ex, idx[m:m + cfg.micro_batch_size], pad_id)
         ids, labels = ids.to(device), labels.to(device)
         n_tokens += int((labels != IGNORE).sum())
         with autocast():
-            logits = model(ids).logits
+            out = model(ids)
+        logits = out.logits
         ce, mask = token_losses(logits, labels)
         loss = ce
         if teacher is not None:
@@ -82,7 +89,16 @@ def accumulate(model, teacher, ex: Examples, idx: list[int], n_target: int, cfg:
             kl = kd_loss_sum(logits, t_logits, mask, cfg.kd_temperature)
             loss = cfg.kd_alpha * kl + (1 - cfg.kd_alpha) * ce
         loss = loss / max(n_target, 1)
-        loss.backward()
+        objective = loss
+        aux = getattr(out, "aux_loss", None)
+        if meter:
+            meter.update()
+            if aux is not None:
+                share = float(mask.sum()) / max(n_target, 1)
+                meter.aux += float(aux.detach()) * share
+                if coef:
+                    objective = loss + coef * share * aux
+        objective.backward()
         loss_total += loss.detach()
     return loss_total, n_tokens
 
@@ -205,6 +221,8 @@ def train(cfg: TrainConfig) -> Path:
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     per_rank = cfg.global_batch_size // world
     params = [p for p in model.parameters() if p.requires_grad]
+    meter = LoadMeter(model)  # empty (falsy) for dense models
+    bias_rate = getattr(model.config, "router_bias_update_rate", 0.0)
     last_ckpt = resume_from
     bar, task = _progress(cfg.progress and rank == 0, end, start)
     with bar:
@@ -216,7 +234,15 @@ def train(cfg: TrainConfig) -> Path:
             idx = order.indices(step)
             n_target = sum(sum(1 for y in ex.labels[i][1:] if y != IGNORE) for i in idx)
             mine = idx[rank * per_rank:(rank + 1) * per_rank]
-            loss_total, n_tokens = accumulate(model, teacher, ex, mine, n_target, cfg, pad_id, device, autocast)
+            loss_total, n_tokens = accumulate(model, teacher, ex, mine, n_target, cfg, pad_id, device, autocast,
+                                              meter)
+            moe_metrics = {}
+            if meter:
+                meter.all_reduce()
+                moe_metrics = meter.metrics()
+                if bias_rate:
+                    update_router_bias(model, meter, bias_rate)  # same on every rank: the loads are all-reduced
+                meter.reset()
             if world > 1:
                 flat = torch.cat([p.grad.flatten() for p in params] + [loss_total.view(1)])
                 dist.all_reduce(flat)
@@ -238,7 +264,7 @@ def train(cfg: TrainConfig) -> Path:
             done = step + 1
             if done % cfg.log_every == 0 or done == end or done == start + 1:
                 log.write(step=done, loss=loss_value, lr=lr, grad_norm=norm_value,
-                          tokens_per_s=n_tokens * world / elapsed, step_time_s=elapsed)
+                          tokens_per_s=n_tokens * world / elapsed, step_time_s=elapsed, **moe_metrics)
             bar.update(task, completed=done, info=f"loss {loss_value:.3f} · {n_tokens * world / elapsed:,.0f} tok/s")
             if eval_ex is not None and rank == 0 and (
                     (cfg.eval_every and done % cfg.eval_every == 0) or done == end):

@@ -72,8 +72,9 @@ class TopKRouter(nn.Module):
             self.expert_bias = None
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(T, N) softmax over all experts, in float32 (as HF computes it)."""
-        return torch.softmax(F.linear(x, self.weight).float(), dim=-1)
+        """(T, N) softmax over all experts, in float32 or wider (as HF computes it)."""
+        logits = F.linear(x, self.weight)
+        return torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
     def select(self, probs: torch.Tensor) -> torch.Tensor:
         """(T, K) expert ids: the K best of (probs + bias); the bias steers choice, never the weights."""

@@ -277,3 +277,16 @@ def test_random_selection_without_merging(setup):
     assert report["iterations"][1]["selected"]["n"] == 3 and report["iterations"][1]["merge"] is None
     state = json.loads((out / "state.json").read_text())
     assert state["student"]["1"].endswith("sft-0/step-000004")
+
+
+def test_cli_reads_a_recipe_and_flags():
+    from pathlib import Path
+
+    from duomind.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "distill" / "bench.yaml"
+    # parsing reaches DistillConfig (flags override the recipe), whose validation names the bad field
+    with pytest.raises(SystemExit, match="iterations must be a positive integer"):
+        main(["distill", "--config", str(recipe), "--iterations", "0"])
+    with pytest.raises(SystemExit, match="selection"):
+        main(["distill", "--config", str(recipe), "--selection", "hardest"])

@@ -95,10 +95,11 @@ class DistillConfig:
     threads: int | None = None
     progress: bool = True
 
+    # No public methods: the CLI (jsonargparse) would turn them into sub-commands of `duomind distill`.
     def __post_init__(self) -> None:
-        self.validate()
+        self._validate()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         """Raise `ConfigError` naming the first bad field and the fix."""
         from duomind.config import TrainConfig
 
@@ -146,12 +147,15 @@ class DistillConfig:
             if self.merge_method == "model_stock" and len(self.sft_seeds) * self.merge_checkpoints < 2:
                 raise ConfigError("model_stock needs at least 2 checkpoints: raise merge_checkpoints or sft_seeds.")
 
-    def size_at(self, iteration: int) -> int:
-        """select_size of iteration `iteration` (1-based)."""
-        return self.select_size[iteration - 1] if isinstance(self.select_size, list) else self.select_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def size_at(cfg: DistillConfig, iteration: int) -> int:
+    """select_size of iteration `iteration` (1-based)."""
+    return cfg.select_size[iteration - 1] if isinstance(cfg.select_size, list) else cfg.select_size
+
+
+def to_dict(cfg: DistillConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
 
 
 # Fields that may change when a run resumes: they do not change what the run computes.

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from duomind.config import ConfigError
-from duomind.distill.config import RESUMABLE_CHANGES, DistillConfig
+from duomind.distill.config import RESUMABLE_CHANGES, DistillConfig, size_at, to_dict
 from duomind.distill.dedup import dedup
 from duomind.distill.select import bin_of, difficulty, select_balanced, select_random, shortest_correct
 from duomind.tasks import Task, read_tasks, write_jsonl
@@ -63,7 +63,7 @@ class RunState:
         if saved.is_file():
             _check_same_run(yaml.safe_load(saved.read_text()), cfg, out, self._done_iterations())
         out.mkdir(parents=True, exist_ok=True)
-        self._write(saved, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self._write(saved, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"done": {}, "student": {}}
 
     def _done_iterations(self) -> int:
@@ -86,7 +86,7 @@ class RunState:
 
 
 def _check_same_run(saved: dict, cfg: DistillConfig, out: Path, done_iterations: int) -> None:
-    now = cfg.to_dict()
+    now = to_dict(cfg)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         what = "; ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
@@ -95,9 +95,9 @@ def _check_same_run(saved: dict, cfg: DistillConfig, out: Path, done_iterations:
                           f"{sorted(RESUMABLE_CHANGES)} may change on resume.")
     old = DistillConfig(**{**saved, "progress": False})
     for it in range(1, done_iterations + 1):
-        if it <= old.iterations and old.size_at(it) != cfg.size_at(it):
-            raise ConfigError(f"select_size of the finished iteration {it} changed ({old.size_at(it)} -> "
-                              f"{cfg.size_at(it)}); only sizes of later iterations may change on resume.")
+        if it <= old.iterations and size_at(old, it) != size_at(cfg, it):
+            raise ConfigError(f"select_size of the finished iteration {it} changed ({size_at(old, it)} -> "
+                              f"{size_at(cfg, it)}); only sizes of later iterations may change on resume.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def _stage_select(cfg: DistillConfig, t: int, it: Path, usable: list[dict]) -> None:
-    size, seed = cfg.size_at(t), cfg.seed * 7919 + 2000 + t
+    size, seed = size_at(cfg, t), cfg.seed * 7919 + 2000 + t
     by_key = {r["key"]: r for r in usable}
     diffs = _read_difficulty(it)
     if cfg.selection == "balanced":
@@ -589,7 +589,7 @@ def _write_run_report(cfg: DistillConfig, out: Path, rows: list[dict]) -> dict:
               "accuracy_by_difficulty": {lvl: [r["eval"]["by_difficulty"].get(lvl) for r in rows]
                                          for lvl in sorted({k for r in rows for k in r["eval"]["by_difficulty"]})},
               "selected_by_iteration": [r["selected"]["n"] for r in rows if r.get("selected")],
-              "iterations": rows, "config": cfg.to_dict()}
+              "iterations": rows, "config": to_dict(cfg)}
     write_json(out / "report.json", report)
     if rows:
         plot_report(rows, out / "report.png", f"iterative distillation ({out.name}): selection={cfg.selection}, "

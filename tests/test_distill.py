@@ -290,3 +290,21 @@ def test_cli_reads_a_recipe_and_flags():
         main(["distill", "--config", str(recipe), "--iterations", "0"])
     with pytest.raises(SystemExit, match="selection"):
         main(["distill", "--config", str(recipe), "--selection", "hardest"])
+
+
+def test_sampling_resumes_after_a_torn_chunk_line(setup, tmp_path):
+    from duomind.distill.loop import Verifier, load_any, sample_chunked
+    from duomind.tasks import read_tasks
+    from duomind.tokenizer import load_tokenizer
+
+    model, ckpt = load_any(str(setup / "teacher"))
+    tok, tasks = load_tokenizer(ckpt), read_tasks(setup / "tasks.jsonl")[:4]
+    verifier = Verifier()
+    args = (model, tok, tasks, "slow", 2, 0.8, None, 64, 4, 7)
+    whole = sample_chunked(*args, tmp_path / "a.jsonl", verifier, lambda n: None)
+    first = (tmp_path / "a.jsonl").read_text().splitlines()[0]
+    (tmp_path / "b.jsonl").write_text(first + "\n" + '{"chunk": 1, "rows": [{"respon')  # killed mid-write
+    seen = []
+    resumed = sample_chunked(*args, tmp_path / "b.jsonl", verifier, seen.append)
+    assert resumed == whole and seen == [2, 2]  # chunk 0 restored, chunk 1 sampled again, identically
+    assert [json.loads(x)["chunk"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == [0, 1]

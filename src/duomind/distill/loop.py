@@ -179,6 +179,10 @@ def sample_chunked(model, tok, tasks: list[Task], mode: str, n: int, temperature
             except json.JSONDecodeError:
                 break  # a line cut short by the interruption: sample that chunk again
             done[row["chunk"]] = row["rows"]
+        # keep only whole lines, so chunks appended from here on are not hidden behind a torn one
+        from duomind.train.checkpoint import atomic_write_text
+
+        atomic_write_text(partial, "".join(json.dumps({"chunk": c, "rows": r}) + "\n" for c, r in done.items()))
     advance(sum(len(chunks[c]) for c in done if c < len(chunks)))
     stops = stop_ids(tok)
     with partial.open("a") as fh:

@@ -33,11 +33,19 @@ CLAIMS: list[tuple[str, str, str, float | bool | None, str]] = [
     ("rewards", "math_checks_per_second", ">=", 1000, "math verifications / s, 2 workers"),
     ("rewards", "code_programs_per_second", ">=", 20, "sandboxed programs / s, 2 workers, full isolation"),
     ("rewards", "math_verifier_accuracy", ">=", 0.98, "math verifier accuracy, hand-written equivalence suite"),
+    ("moe_layer", "min_speedup_vs_hf_decode", ">=", 3.0,
+     "MoE layer vs HF Qwen3-MoE block (its default experts impl), worst of T = 1, 8, 64"),
+    ("moe_layer", "speedup_vs_hf_t512", ">=", 1.2, "MoE layer vs HF Qwen3-MoE block, T = 512"),
+    ("moe_layer", "fraction_of_matmul_peak", ">=", 0.8, "MoE layer FLOP/s / dense matmul FLOP/s, T = 4096"),
+    ("moe_balance", "moge_max_is", "==", 0.0, "MoGE imbalance score IS, worst step and layer of training"),
+    ("moe_balance", "moe_mean_is", ">", 0.0, "plain top-k MoE imbalance score, mean over training"),
+    ("moe_balance", "loss_ratio_moge_over_moe", "<=", 1.02, "held-out loss, MoGE / MoE (same data and sizes)"),
+    ("ep_step", "step_time_ratio_moge_over_moe", "<", 1.0, "expert-parallel fwd+bwd step, MoGE / MoE, 2 ranks"),
     ("sim_search", "configs_per_second", ">=", 1000, "simulator configurations evaluated / s"),
     ("sim_validation", "local_median_abs_error", "<=", 0.20, "simulator vs measured step times on this machine"),
     ("sim_validation", "published_median_abs_error", "<=", 0.15, "simulator vs published MFU / throughput"),
 ]
-OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt, "<": operator.lt}
 
 
 def _fmt(value: object) -> str:

@@ -19,6 +19,10 @@ KEYS = {
     "dssn": ["variants", "dssn_tiny_spikes", "dssn_tiny_fewest_spikes", "final_loss_ratio_dssn_tiny_over_pre"],
     "rewards": ["math_checks_per_second", "code_programs_per_second", "math_verifier_accuracy",
                 "math_verifier_failures", "code_isolation"],
+    "moe_layer": ["speedup_vs_hf", "fraction_of_matmul_peak", "outputs_equal", "min_speedup_vs_hf_decode",
+                  "best_possible_speedup_vs_hf"],
+    "moe_balance": ["moge_max_is", "moe_mean_is", "loss_ratio_moge_over_moe"],
+    "ep_step": ["step_time_ratio_moge_over_moe"],
     "sim_search": ["configs_per_second", "front", "simulated_per_run"],
     "sim_validation": ["local_median_abs_error", "published_median_abs_error", "published_blind_median_abs_error",
                        "moe_vs_moge"],
@@ -43,6 +47,15 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert 0.0 <= result["math_verifier_accuracy"] <= 1.0
         # every failure is listed, so the accuracy can be recomputed from them
         assert result["math_verifier_accuracy"] == 1 - len(result["math_verifier_failures"]) / result["accuracy"]["cases"]
+    if name == "moe_layer":
+        assert result["outputs_equal"] is True  # same weights, same output (atol 1e-4) at every T
+        assert set(result["speedup_vs_hf"]) == {str(t) for t in result["setup"]["tokens"]}
+    if name == "moe_balance":
+        assert result["moge_max_is"] == 0.0 and result["moe_mean_is"] > 0.0  # MoGE balanced by construction
+    if name == "ep_step":
+        per_rank = result["runs"]["2"]["per_rank"]
+        assert len(set(per_rank["moge"]["received"])) == 1  # every rank gets the same number of rows
+        assert sum(per_rank["moge"]["received"]) == sum(per_rank["moe"]["received"])
     if name == "sim_search":
         assert result["configs_per_second"] > 0 and result["front"]
     if name == "sim_validation":

@@ -359,3 +359,78 @@ def test_two_process_moe_run_equals_one_process(tmp_path, tiny_tokenizer_dir, co
     for r1, r2 in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
         assert r1["moe_is_layers"] == pytest.approx(r2["moe_is_layers"], abs=1e-6)
         assert r1["moe_aux_loss"] == pytest.approx(r2["moe_aux_loss"], rel=1e-5)
+
+
+# --- CLI: upcycle and stats ---
+
+@pytest.fixture
+def dense_ckpt(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    model = DuoMind(ModelConfig(vocab_size=len(tiny_tokenizer), num_hidden_layers=3))
+    model.save_pretrained(tmp_path / "dense")
+    tiny_tokenizer.save_pretrained(tmp_path / "dense")
+    return tmp_path / "dense"
+
+
+def test_cli_upcycle_then_stats(dense_ckpt, corpus_file, tmp_path, capsys):
+    import json
+
+    from duomind.cli import main
+    from duomind.train import load_model
+
+    main(["moe", "upcycle", str(dense_ckpt), str(tmp_path / "moge"), "--experts", "8", "--groups", "4",
+          "--top_k", "4", "--first_dense_layers", "1"])
+    out = capsys.readouterr().out
+    assert "moge, 8 experts in 4 group(s), top-4" in out
+    assert float(out.split("random batch: ")[1].split()[0]) < 1e-5  # the function is preserved
+    model = load_model(tmp_path / "moge")
+    assert model.config.mlp_type == "moge" and type(model.layers[0].mlp).__name__ == "MLP"
+    assert (tmp_path / "moge" / "tokenizer.json").is_file()
+    main(["moe", "upcycle", str(dense_ckpt), str(tmp_path / "moe"), "--experts", "8", "--groups", "4",
+          "--top_k", "4", "--kind", "moe", "--router_std", "0.5", "--noise", "0.1"])
+    for kind in ("moge", "moe"):
+        png, js = tmp_path / f"{kind}.png", tmp_path / f"{kind}.json"
+        main(["moe", "stats", str(tmp_path / kind), "--data", str(corpus_file), "--out", str(png),
+              "--json_out", str(js), "--seq_len", "32", "--batch_size", "4", "--max_batches", "3"])
+        printed = capsys.readouterr().out
+        data = json.loads(js.read_text())
+        assert png.stat().st_size > 1000 and "IS mean" in printed
+        assert data["tokens"] == 3 * 4 * 32 and data["layers"] == ([1, 2] if kind == "moge" else [0, 1, 2])
+        assert all(sum(row) == data["tokens"] * 4 for row in data["counts"])
+        is_max = [row["is_max"] for row in data["summary"]]
+        assert (max(is_max) == 0.0) if kind == "moge" else (min(is_max) > 0.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--experts", "6", "--groups", "4", "--top_k", "4"], "num_experts=6 is not divisible by expert_groups=4"),
+    (["--experts", "8", "--groups", "4", "--top_k", "12"], r"K'=3 experts per group .* holds only 2"),
+    (["--experts", "8", "--groups", "4", "--top_k", "6"], "must be a multiple of expert_groups=4"),
+    (["--kind", "soft"], "kind='soft' is not 'moe' or 'moge'"),
+])
+def test_cli_upcycle_bad_shapes_are_clear_errors(dense_ckpt, tmp_path, args, message):
+    from duomind.cli import main
+
+    with pytest.raises(SystemExit, match=f"duomind moe upcycle: error: .*{message}"):
+        main(["moe", "upcycle", str(dense_ckpt), str(tmp_path / "out"), *args])
+    assert not (tmp_path / "out").exists()
+
+
+def test_stats_and_upcycle_refuse_wrong_kinds_and_mismatched_checkpoints(dense_ckpt, corpus_file, tmp_path):
+    import json
+
+    from duomind.cli import main
+
+    with pytest.raises(SystemExit, match="is a dense model.*duomind moe upcycle"):
+        main(["moe", "stats", str(dense_ckpt), "--data", str(corpus_file), "--seq_len", "32"])
+    main(["moe", "upcycle", str(dense_ckpt), str(tmp_path / "moe"), "--experts", "4", "--top_k", "2"])
+    with pytest.raises(SystemExit, match="already a moe model"):
+        main(["moe", "upcycle", str(tmp_path / "moe"), str(tmp_path / "again")])
+    config = json.loads((tmp_path / "moe" / "config.json").read_text())
+    config["num_experts"] = 8  # the weights hold 4 experts per layer
+    (tmp_path / "moe" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"layer 0 holds 4 experts .* but config.json says num_experts=8"):
+        main(["moe", "stats", str(tmp_path / "moe"), "--data", str(corpus_file), "--seq_len", "32"])
+    from duomind.train import CheckpointError, load_model
+
+    with pytest.raises(CheckpointError, match=r"experts\.\w+_proj.*has shape \[4, .*config.json implies \[8, "):
+        load_model(tmp_path / "moe")  # every other loader: the generic shape check names the tensor

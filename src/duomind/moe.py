@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Below this many token copies per layer the per-expert loop of `Experts` is used on CPU. Above it,
-# torch._grouped_mm's CPU kernel (itself a loop of matmuls, in C++) saves the Python overhead.
-# Measured in benchmarks/moe_layer.py (impl column); on CUDA the grouped kernel is always used.
-GROUPED_MM_MIN_ROWS = 1 << 30
+# CPU choice between torch._grouped_mm (its CPU kernel is a C++ loop of matmuls: no Python overhead per
+# expert, but it materialises the (S, 2F) intermediate) and a Python loop over experts that keeps each
+# expert's rows in cache. Measured in benchmarks/moe_layer.py (duomind_loop vs duomind_grouped): the
+# grouped kernel wins while experts get few rows each, the loop once they get about this many on average.
+# On CUDA the grouped kernel is always used.
+LOOP_MIN_ROWS_PER_EXPERT = 128
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 
 
@@ -199,8 +201,8 @@ class Experts(nn.Module):
         hidden: Model width d.
         ffn: Expert width F.
         act: "silu" (SwiGLU) or "gelu_tanh".
-        impl: "auto" (grouped matmul on CUDA, or on CPU above GROUPED_MM_MIN_ROWS rows), "grouped"
-            (torch._grouped_mm) or "loop" (one matmul per non-empty expert).
+        impl: "auto" (grouped matmul on CUDA; on CPU grouped below LOOP_MIN_ROWS_PER_EXPERT rows per expert,
+            else the loop), "grouped" (torch._grouped_mm) or "loop" (one matmul per non-empty expert).
     """
 
     def __init__(self, num_experts: int, hidden: int, ffn: int, act: str = "silu", impl: str = "auto") -> None:
@@ -217,7 +219,11 @@ class Experts(nn.Module):
     def _grouped(self, rows: int) -> bool:
         if self.impl != "auto":
             return self.impl == "grouped"
-        return _HAS_GROUPED_MM and (self.gate_up_proj.device.type == "cuda" or rows >= GROUPED_MM_MIN_ROWS)
+        w = self.gate_up_proj
+        # the kernel takes 16-bit and 32-bit floats with rows aligned to 16 bytes
+        fits = (_HAS_GROUPED_MM and w.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and all(n * w.element_size() % 16 == 0 for n in (w.shape[-1], self.ffn)))
+        return fits and (w.device.type == "cuda" or rows < LOOP_MIN_ROWS_PER_EXPERT * self.num_experts)
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Apply expert e to its rows of `x` (S, d), which are sorted by expert with `counts` (N,) per expert."""
@@ -272,21 +278,38 @@ def dropless_dispatch(x: torch.Tensor, routing: Routing, experts: Experts) -> to
         (T, d) the weighted sum of each token's chosen experts.
     """
     T, K = routing.experts.shape
-    if T == 1 and not torch.is_grad_enabled():
+    inference = not torch.is_grad_enabled()
+    if T == 1 and inference:
         return _decode_one(x, routing, experts)
     order, counts = sort_by_expert(routing.experts, experts.num_experts)
     token = order // K  # (S,) the token each sorted copy comes from
-    y = experts(x.index_select(0, token), counts)  # (S, d)
-    y = y * routing.weights.flatten()[order].unsqueeze(-1).to(y.dtype)
+    weights = routing.weights.flatten()[order].unsqueeze(-1).to(x.dtype)  # (S, 1)
+    if inference and not experts._grouped(T * K):
+        return _fused_loop(x, token, weights, counts, experts)
+    y = experts(x.index_select(0, token), counts) * weights  # (S, d)
     return torch.zeros_like(x).index_add_(0, token, y)
 
 
+def _fused_loop(x: torch.Tensor, token: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor,
+                experts: Experts) -> torch.Tensor:
+    # Inference with many rows per expert: gather, compute, weight and scatter one expert at a time, so its
+    # rows and intermediate stay in cache instead of materialising (S, d) and (S, 2F) arrays.
+    out = torch.zeros_like(x)
+    for e, s, t in _spans(counts):
+        rows = token[s:t]
+        gate, up = F.linear(x.index_select(0, rows), experts.gate_up_proj[e]).chunk(2, dim=-1)
+        h = experts.act(gate).mul_(up).mul_(weights[s:t])
+        out.index_add_(0, rows, F.linear(h, experts.down_proj[e]))
+    return out
+
+
 def _decode_one(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
-    # One token (decoding): its K experts are distinct, so there is nothing to sort.
-    out = None
-    for k, e in enumerate(routing.experts[0].tolist()):
-        y = experts.expert(x, e) * routing.weights[:, k:k + 1].to(x.dtype)
-        out = y if out is None else out.add_(y)
+    # One token (decoding): its K experts are distinct, so there is nothing to sort; each expert's output is
+    # scaled and accumulated inside one addmm.
+    out = torch.zeros_like(x)
+    for e, w in zip(routing.experts[0].tolist(), routing.weights[0].tolist()):
+        gate, up = F.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+        out.addmm_(experts.act(gate).mul_(up), experts.down_proj[e].t(), alpha=w)
     return out
 
 
@@ -464,6 +487,30 @@ def model_aux_loss(model: nn.Module) -> torch.Tensor | None:
     """Sum of the balance losses of every MoE layer's last training forward, or None without MoE layers."""
     losses = [m.aux_loss for _, m in moe_layers(model) if m.aux_loss is not None]
     return torch.stack(losses).sum() if losses else None
+
+
+def check_expert_count(path: Any, cfg: Any) -> None:
+    """Refuse a checkpoint directory whose expert tensors hold another number of experts than its config says.
+
+    Reads only the safetensors headers. Raises ValueError naming the layer, both counts and the fix.
+    """
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        if file.name in ("optimizer.safetensors", "rng.safetensors"):
+            continue
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():
+                if name.endswith("mlp.experts.gate_up_proj") or name.endswith("mlp.router.weight"):
+                    held = fh.get_slice(name).get_shape()[0]
+                    if held != cfg.num_experts:
+                        layer = name.split(".")[1]
+                        raise ValueError(f"{file.name}: layer {layer} holds {held} experts ({name}) but config.json "
+                                         f"says num_experts={cfg.num_experts}; the config and the weights belong to "
+                                         "different models (fix num_experts in config.json or use the matching "
+                                         "weights).")
 
 
 # --- upcycling a dense checkpoint (sparse upcycling, arXiv 2212.05055) ---------------------------------------

@@ -79,6 +79,7 @@ class ExpertParallelMoE(nn.Module):
             self.experts.gate_up_proj.copy_(full.gate_up_proj[sl])
             self.experts.down_proj.copy_(full.down_proj[sl])
         self.last_received = 0  # copies this rank's experts processed in the last forward
+        self.last_local_counts: torch.Tensor | None = None  # (N/M,) of them per local expert
         self.last_counts: torch.Tensor | None = None  # (N,) global copies per expert, last forward
         self.aux_loss: torch.Tensor | None = None
 
@@ -107,6 +108,7 @@ class ExpertParallelMoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(flat)
         self.last_received = int(expert_of_row.numel())
+        self.last_local_counts = recv_counts.sum(0).detach()
         global_counts = counts.detach().clone()
         dist.all_reduce(global_counts, group=self.group)
         self.last_counts = global_counts

@@ -26,6 +26,8 @@ KEYS = {
     "sim_search": ["configs_per_second", "front", "simulated_per_run"],
     "sim_validation": ["local_median_abs_error", "published_median_abs_error", "published_blind_median_abs_error",
                        "moe_vs_moge"],
+    "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
+                "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
 }
 
 
@@ -56,6 +58,16 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         per_rank = result["runs"]["2"]["per_rank"]
         assert len(set(per_rank["moge"]["received"])) == 1  # every rank gets the same number of rows
         assert sum(per_rank["moge"]["received"]) == sum(per_rank["moe"]["received"])
+    if name == "distill":
+        acc = result["accuracy_by_iteration"]
+        assert set(acc) == {"merge_balanced", "no_merge", "random_equal_size"}
+        # the starting student, then one entry per iteration; all variants start from the same student
+        assert all(len(a) == result["setup"]["iterations"] + 1 and a[0] == acc["no_merge"][0] for a in acc.values())
+        # (c) trains on as many prompts as (a) did, iteration by iteration
+        sel = result["selected_by_iteration"]
+        assert sel["random_equal_size"] == sel["merge_balanced"]
+        finals = [acc[v][-1] for v in ("merge_balanced", "no_merge", "random_equal_size")]
+        assert result["merge_balanced_at_or_above_others"] == (finals[0] >= max(finals[1:]))
     if name == "sim_search":
         assert result["configs_per_second"] > 0 and result["front"]
     if name == "sim_validation":

@@ -28,7 +28,7 @@ CLAIMS: list[tuple[str, str, str, float | bool | None, str]] = [
     ("decode", "overhead_ratio_vs_hf_batch1", "", None, "per-token time above the matmul floor, HF / DuoMind, batch 1"),
     ("decode", "best_possible_speedup_batch1", "", None, "HF step time / matmul floor: the most any loop could gain"),
     ("train_throughput", "speedup_vs_hf", ">=", 1.0, "training step vs HF `LlamaForCausalLM`, same size"),
-    ("dssn", "dssn_tiny_fewest_spikes", "==", True, "DSSN + TinyInit has the fewest loss spikes"),
+    ("dssn", "dssn_tiny_fewest_spikes", "==", True, "DSSN + TinyInit has the fewest loss and grad-norm spikes"),
     ("dssn", "final_loss_ratio_dssn_tiny_over_pre", "<=", 1.0, "final loss, DSSN + TinyInit / pre-norm"),
     ("rewards", "math_checks_per_second", ">=", 1000, "math verifications / s, 2 workers"),
     ("rewards", "code_programs_per_second", ">=", 20, "sandboxed programs / s, 2 workers, full isolation"),

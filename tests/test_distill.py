@@ -99,6 +99,7 @@ def test_random_selection_is_uniform_and_sized():
     ({"selection": "best"}, "selection"),
     ({"mix": {"easy": 1, "tricky": 1}}, "mix"),
     ({"select_size": [4, 4], "iterations": 3}, "one per iteration"),
+    ({"select_size": 0}, "select_size"),
     ({"sft": {"data": "x.jsonl"}}, "sets itself"),
     ({"sft": {"max_stepz": 3}}, "sft"),
     ({"merge_method": "slerp"}, "cannot merge"),
@@ -272,11 +273,15 @@ def test_random_selection_without_merging(setup):
     from duomind.distill.loop import distill
 
     out = setup / "random"
-    report = distill(config(setup, out, iterations=1, selection="random", merge=False))
+    report = distill(config(setup, out, selection="random", merge=False, select_size=[3, 0]))
     assert not (out / "iter-1" / "difficulty.json").exists()  # random selection needs no student sampling
     assert report["iterations"][1]["selected"]["n"] == 3 and report["iterations"][1]["merge"] is None
     state = json.loads((out / "state.json").read_text())
     assert state["student"]["1"].endswith("sft-0/step-000004")
+    # an iteration that selects nothing trains nothing: the student is carried forward and the report says so
+    assert report["iterations"][2]["selected"]["n"] == 0 and report["iterations"][2]["trained"] is False
+    assert state["student"]["2"] == state["student"]["1"] and not (out / "iter-2" / "sft-0").exists()
+    assert report["accuracy_by_iteration"][2] == report["accuracy_by_iteration"][1]
 
 
 def test_cli_reads_a_recipe_and_flags():

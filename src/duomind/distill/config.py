@@ -40,7 +40,7 @@ class DistillConfig:
         dedup_num_perm: MinHash permutations.
         selection: "balanced" (difficulty mix, always- and never-solved dropped), "random" (uniform over the
             prompts with a verified teacher response) or "all".
-        select_size: Prompts selected per iteration: one number, or a list with one per iteration.
+        select_size: Prompts selected per iteration: one number, or a list with one per iteration (0: no training).
         mix: Target shares of the difficulty bins (easy: difficulty <= 1/3, medium, hard: >= 2/3).
         drop_solved: Drop prompts the student always solves (difficulty 0) in balanced selection.
         drop_unsolved: Drop prompts the student never solves (difficulty 1) in balanced selection.
@@ -118,8 +118,10 @@ class DistillConfig:
             raise ConfigError("teacher_temperature and student_temperature must be positive: sampling needs "
                               "diverse responses (use a small value such as 0.3 for nearly greedy).")
         sizes = self.select_size if isinstance(self.select_size, list) else [self.select_size]
-        if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in sizes):
-            raise ConfigError(f"select_size must be a positive integer or a list of them, got {self.select_size!r}.")
+        floor = 0 if isinstance(self.select_size, list) else 1  # a listed 0 skips training in that iteration
+        if not sizes or any(not isinstance(s, int) or isinstance(s, bool) or s < floor for s in sizes):
+            raise ConfigError(f"select_size must be a positive integer or a list of non-negative ones, got "
+                              f"{self.select_size!r}.")
         if isinstance(self.select_size, list) and len(self.select_size) < self.iterations:
             raise ConfigError(f"select_size lists {len(self.select_size)} sizes for {self.iterations} iterations; "
                               "give one per iteration or a single number.")

@@ -503,12 +503,16 @@ def _stage_select(cfg: DistillConfig, t: int, it: Path, usable: list[dict]) -> N
         chosen = select_random(list(by_key), size, seed)
     else:
         chosen = sorted(by_key)
-    if not chosen:
-        raise RuntimeError(f"iteration {t} selected no prompts: of {len(usable)} prompts with a verified teacher "
-                           f"response, none fits selection={cfg.selection!r} (see {it / 'difficulty.json'}). Raise "
-                           "prompts_per_iteration or teacher_samples, or keep always/never-solved prompts "
-                           "(drop_solved / drop_unsolved: false), in a new out_dir; the finished iterations here "
-                           "stay usable as a student checkpoint.")
+    if not chosen and size:
+        # not fatal: the iteration carries the student forward unchanged and the report shows it, so a long
+        # run survives one barren slice of the pool
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]iteration {t} selected no prompts[/]: of {len(usable)} prompts with a verified teacher "
+            f"response none fits selection={cfg.selection!r} (see {it / 'difficulty.json'}); the student is carried "
+            "forward unchanged. If this repeats, raise prompts_per_iteration or teacher_samples, or keep "
+            "always/never-solved prompts (drop_solved / drop_unsolved: false).")
     rows, sft = [], []
     for key in chosen:
         r = by_key[key]
@@ -526,6 +530,8 @@ def _stage_sft(cfg: DistillConfig, it: Path, current: str) -> None:
     from duomind.config import TrainConfig
     from duomind.train.loop import train
 
+    if not read_rows(it / "sft.jsonl"):
+        return  # nothing selected: no fine-tuning, the merge stage carries theta_{t-1} forward
     for seed in cfg.sft_seeds:
         fields = {**cfg.sft, "mode": "sft", "data": str(it / "sft.jsonl"), "init_from": current,
                   "out_dir": str(it / f"sft-{seed}"), "seed": seed, "threads": cfg.threads, "progress": cfg.progress,
@@ -537,6 +543,8 @@ def _stage_merge(cfg: DistillConfig, it: Path, current: str) -> Path:
     from duomind.merge import METHODS, MergeConfig, MergeModel, merge
 
     runs = [it / f"sft-{seed}" for seed in cfg.sft_seeds]
+    if not read_rows(it / "sft.jsonl"):
+        return Path(current)
     if not cfg.merge:
         return _last_checkpoints(runs[0], 1)[-1]
     ckpts = [p for run in runs for p in _last_checkpoints(run, cfg.merge_checkpoints)]
@@ -581,7 +589,8 @@ def _iteration_report(cfg: DistillConfig, t: int, it: Path, student: str, timing
                      "mean_tokens": sum(r["tokens"] for r in selected) / max(len(selected), 1)},
         "sft_loss": loss,
         "merge": {"method": cfg.merge_method, "lambda": cfg.merge_lambda, "checkpoints": cfg.merge_checkpoints,
-                  "runs": len(cfg.sft_seeds)} if cfg.merge else None,
+                  "runs": len(cfg.sft_seeds)} if cfg.merge and selected else None,
+        "trained": bool(selected),
         "eval": json.loads((it / "eval.json").read_text()),
         "seconds": timings,
     }

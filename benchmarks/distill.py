@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes" / "distill"
 VARIANTS = ("merge_balanced", "no_merge", "random_equal_size")
 TASKS, LEVELS = ["add", "sequence"], [1, 2]
-SIZES = {"records": 6000, "pool": 2000, "student_sft_records": 1000}  # data the recipes train on
+SIZES = {"records": 6000, "pool": 2000}  # data the recipes train on
 
 
 def _recipe(name: str) -> dict:
@@ -55,11 +55,13 @@ def build(quick: bool, threads: int | None) -> dict:
     from duomind.tasks.cli import make
     from duomind.tokenizer import train_cli
 
-    names = ["bench-teacher-pretrain", "bench-teacher", "bench-student-pretrain", "bench-student"]
-    # the cache is keyed by everything that shapes the models: the recipes and the data sizes
-    recipe_bytes = b"".join((RECIPES / f"{n}.yaml").read_bytes() for n in names)
-    digest = hashlib.sha256(recipe_bytes + repr((TASKS, LEVELS, SIZES)).encode()).hexdigest()[:10]
-    root = _common.CACHE / ("distill-bench-quick" if quick else f"distill-bench-{digest}")
+    # caches keyed by what shapes them: the data by its sizes, each model by its recipes, so changing the
+    # student's recipes does not retrain the teacher
+    def digest(*names: str) -> str:
+        blob = repr((TASKS, LEVELS, SIZES)).encode() + b"".join((RECIPES / f"{n}.yaml").read_bytes() for n in names)
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    root = _common.CACHE / ("distill-bench-quick" if quick else f"distill-bench-{digest()}")
     data, pool, tok = root / "data", root / "pool", root / "tokenizer"
     if quick:
         # a tiny teacher that memorised a handful of problems: enough to exercise every stage in seconds
@@ -81,19 +83,19 @@ def build(quick: bool, threads: int | None) -> dict:
         make(out_dir=str(data), n=SIZES["records"], seed=0, tasks=TASKS, difficulty=LEVELS, heldout_fraction=0.05)
     if not (pool / "tasks.jsonl").is_file():
         make(out_dir=str(pool), n=SIZES["pool"], seed=1, tasks=TASKS, difficulty=LEVELS, heldout_fraction=0.0)
-    if not (data / "sft_slow_small.jsonl").is_file():
-        slow = [r for r in read_jsonl(data / "sft.jsonl") if r["mode"] == "slow"]
-        write_jsonl(data / "sft_slow.jsonl", slow)
-        write_jsonl(data / "sft_slow_small.jsonl", slow[:SIZES["student_sft_records"]])
+    if not (data / "sft_slow.jsonl").is_file():
+        write_jsonl(data / "sft_slow.jsonl", [r for r in read_jsonl(data / "sft.jsonl") if r["mode"] == "slow"])
     if not (tok / "tokenizer.json").is_file():
         train_cli(str(data / "corpus.txt"), out=str(tok), vocab_size=384)
     corpus = {"data": str(data / "corpus.txt"), "tokenizer": str(tok)}
-    t_pre = _train("bench-teacher-pretrain", threads, out_dir=str(root / "teacher-pretrain"), **corpus)
-    teacher = _train("bench-teacher", threads, out_dir=str(root / "teacher"), data=str(data / "sft_slow.jsonl"),
+    tdir = root / f"teacher-{digest('bench-teacher-pretrain', 'bench-teacher')}"
+    sdir = root / f"student-{digest('bench-student-pretrain', 'bench-student')}"
+    t_pre = _train("bench-teacher-pretrain", threads, out_dir=str(tdir / "pretrain"), **corpus)
+    teacher = _train("bench-teacher", threads, out_dir=str(tdir / "sft"), data=str(data / "sft_slow.jsonl"),
                      init_from=str(t_pre))
-    s_pre = _train("bench-student-pretrain", threads, out_dir=str(root / "student-pretrain"), **corpus)
-    student = _train("bench-student", threads, out_dir=str(root / "student"),
-                     data=str(data / "sft_slow_small.jsonl"), init_from=str(s_pre))
+    s_pre = _train("bench-student-pretrain", threads, out_dir=str(sdir / "pretrain"), **corpus)
+    student = _train("bench-student", threads, out_dir=str(sdir / "sft"),
+                     data=str(data / "sft_slow.jsonl"), init_from=str(s_pre))
     return {"root": root, "teacher": teacher, "student": student, "pool": pool / "tasks.jsonl",
             "heldout": data / "heldout.jsonl"}
 

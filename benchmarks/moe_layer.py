@@ -3,8 +3,9 @@
 64 experts, top-8 (no renormalisation), hidden 256, expert width --ffn, float32, forward only (inference),
 for T tokens in {1, 8, 64, 512, 4096}. The HF block is taken from a Qwen3MoeForCausalLM, so it runs the
 experts implementation transformers picks by default for a loaded model (`grouped_mm` on torch >= 2.9);
-its `eager` per-expert loop is timed too. Outputs are checked equal (atol 1e-4) at every T. Contenders
-alternate inside each repeat so machine noise hits all alike.
+its `eager` per-expert loop is timed too. All contenders share the same weight tensors (so none finds its
+weights warmer in cache than another), outputs are checked equal (atol 1e-4) at every T, and contenders
+alternate inside each repeat, in a shuffled order, so machine noise and position effects hit all alike.
 
 Two references put the numbers in context:
   * the expert-matmul floor: only the matmuls of the experts the tokens actually hit, on pre-gathered rows
@@ -19,6 +20,7 @@ Two references put the numbers in context:
 
 from __future__ import annotations
 
+import random
 import sys
 
 import _common
@@ -43,19 +45,20 @@ def build(experts: int, hidden: int, ffn: int, top_k: int, seed: int = 0):
         torch.manual_seed(seed)
         model = Qwen3MoeForCausalLM(cfg).eval()  # through a PreTrainedModel, as from_pretrained would build it
         blocks[impl] = (model.model.layers[0].mlp, model.config._experts_implementation)
-    hf = blocks["default"][0]
+    hf, eager = blocks["default"][0], blocks["eager"][0]
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in hf.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        blocks["eager"][0].load_state_dict(hf.state_dict())
+    # Every contender reads the very same weight tensors: with separate copies, whichever ran after another
+    # contender touching its copy would find it warm in cache (at small T the layer only reads weights).
+    eager.gate.weight, eager.experts.gate_up_proj, eager.experts.down_proj = (
+        hf.gate.weight, hf.experts.gate_up_proj, hf.experts.down_proj)
     ours = {}
     for impl in ("auto", "loop", "grouped"):
         layer = MoELayer(hidden, experts, top_k, ffn, renormalize=False, impl=impl).eval()
-        with torch.no_grad():
-            layer.router.weight.copy_(hf.gate.weight)
-            layer.experts.gate_up_proj.copy_(hf.experts.gate_up_proj)
-            layer.experts.down_proj.copy_(hf.experts.down_proj)
+        layer.router.weight, layer.experts.gate_up_proj, layer.experts.down_proj = (
+            hf.gate.weight, hf.experts.gate_up_proj, hf.experts.down_proj)
         ours[impl] = layer
     return blocks, ours
 
@@ -109,6 +112,7 @@ def main() -> None:
     d, f, k = args.hidden, args.ffn, args.top_k
     times: dict[str, dict[str, dict]] = {}
     max_diff, floors, hit = 0.0, {}, {}
+    rng = random.Random(0)
     for T in tokens:
         torch.manual_seed(T)
         x = torch.randn(T, d)
@@ -131,9 +135,11 @@ def main() -> None:
             runs = {name: [] for name in calls}
             for fn in calls.values():
                 fn()  # warm-up
-            for _ in range(reps):  # interleaved
-                for name, fn in calls.items():
-                    runs[name] += _common.timed(fn, 1, warmup=0)
+            order = list(calls)
+            for _ in range(reps):  # interleaved, in a fresh order each time: the call after a different
+                rng.shuffle(order)  # contender pays for cold caches and branch predictors, so no one always goes first
+                for name in order:
+                    runs[name] += _common.timed(calls[name], 1, warmup=0)
         times[str(T)] = {name: _common.stats(v) for name, v in runs.items()}
         floors[str(T)] = times[str(T)]["floor"]["median"]
         row = times[str(T)]

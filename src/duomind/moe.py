@@ -235,10 +235,10 @@ class Experts(nn.Module):
             h = _GroupedLinear.apply(x, self.gate_up_proj, counts, spans, grouped)  # (S, 2F)
             gate, up = h.chunk(2, dim=-1)
             return _GroupedLinear.apply(self.act(gate) * up, self.down_proj, counts, spans, grouped)  # (S, d)
-        if grouped:
+        if grouped:  # in place where possible: fresh multi-MB buffers cost page faults on CPU
             offs = counts.cumsum(0, dtype=torch.int32)
             gate, up = torch._grouped_mm(x, self.gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
-            return torch._grouped_mm(self.act(gate) * up, self.down_proj.transpose(-2, -1), offs=offs)
+            return torch._grouped_mm(self.act(gate).mul_(up), self.down_proj.transpose(-2, -1), offs=offs)
         # Inference: each expert's intermediate stays in cache instead of materialising (S, 2F).
         out = x.new_empty(x.shape[0], self.down_proj.shape[1])
         for e, s, t in spans:
@@ -286,7 +286,8 @@ def dropless_dispatch(x: torch.Tensor, routing: Routing, experts: Experts) -> to
     weights = routing.weights.flatten()[order].unsqueeze(-1).to(x.dtype)  # (S, 1)
     if inference and not experts._grouped(T * K):
         return _fused_loop(x, token, weights, counts, experts)
-    y = experts(x.index_select(0, token), counts) * weights  # (S, d)
+    y = experts(x.index_select(0, token), counts)  # (S, d)
+    y = y.mul_(weights) if inference else y * weights
     return torch.zeros_like(x).index_add_(0, token, y)
 
 

@@ -177,6 +177,8 @@ def main() -> None:
     acc = {v: r["accuracy_by_iteration"] for v, r in reports.items()}
     final = {v: a[-1] for v, a in acc.items()}
     best_other = max(final["no_merge"], final["random_equal_size"])
+    spread = math.sqrt(stderr(final["merge_balanced"], n_eval) ** 2 + stderr(best_other, n_eval) ** 2)
+    z = (final["merge_balanced"] - best_other) / spread if spread > 0 else 0.0
     rows = {v: r["iterations"] for v, r in reports.items()}
     result = {
         "setup": {
@@ -206,6 +208,9 @@ def main() -> None:
         "final_accuracy_random_equal_size": final["random_equal_size"],
         "start_accuracy": acc["merge_balanced"][0],
         "merge_balanced_minus_best_other": final["merge_balanced"] - best_other,
+        # the difference in standard errors of a difference of two proportions: |z| < 2 is within noise
+        "merge_balanced_minus_best_other_z": z,
+        "difference_within_noise": abs(z) < 2.0,
         "merge_balanced_at_or_above_others": final["merge_balanced"] >= best_other,
         "goal": "final accuracy of merge_balanced >= no_merge and >= random_equal_size",
     }

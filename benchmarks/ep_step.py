@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -144,13 +145,15 @@ def main() -> None:
     out = _common.out_dir(args)
     ranks = args.ranks or ([2, 4] if (os.cpu_count() or 1) >= 4 else [2])
     cfg = dict(hidden=256, ffn=512, experts=16, top_k=4, tokens=args.tokens, repeats=args.repeats, skew=args.skew,
-               lean=1.0, port=29611)
+               lean=1.0, port=0)
     if args.quick:
         cfg.update(hidden=32, ffn=32, experts=8, top_k=2, tokens=64, repeats=2)
         ranks = [2]
     results = {}
     for world in ranks:
-        cfg["port"] += 1
+        with socket.socket() as sock:  # a free port: fixed ones collide with other jobs on the machine
+            sock.bind(("127.0.0.1", 0))
+            cfg["port"] = sock.getsockname()[1]
         results[str(world)] = r = run(world, cfg)
         print(f"{world} ranks: step MoE {r['step_time_s']['moe']['median'] * 1e3:.1f} ms, MoGE "
               f"{r['step_time_s']['moge']['median'] * 1e3:.1f} ms, ratio {r['step_time_ratio_moge_over_moe']:.3f}; "

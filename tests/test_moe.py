@@ -336,6 +336,7 @@ def test_balance_loss_coefficient_reaches_the_router_gradient(tiny_tokenizer, co
 def test_two_process_moe_run_equals_one_process(tmp_path, tiny_tokenizer_dir, corpus_file):
     """Data parallel MoE: the expert loads (for the router bias and the logged IS) are summed over ranks."""
     import json
+    import socket
     import subprocess
     import sys
 
@@ -350,7 +351,10 @@ def test_two_process_moe_run_equals_one_process(tmp_path, tiny_tokenizer_dir, co
             "--global_batch_size", "8", "--micro_batch_size", "4", "--progress", "false", "--threads", "1",
             "--model_preset", "tiny-moge", "--model", json.dumps(moe), "--lr", "1e-3", "--warmup_steps", "1",
             "--log_every", "1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573",
+    with socket.socket() as sock:  # a free port: fixed ones collide when test sessions run side by side
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "duomind.cli", "train", *args, "--out_dir", str(tmp_path / "two")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     a, b = load_file(one / "model.safetensors"), load_file(tmp_path / "two" / "step-000004" / "model.safetensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,17 @@ from duomind.parallel import ExpertParallelError, ExpertParallelMoE
 WORKER = Path(__file__).resolve().parent / "_ep_worker.py"
 
 
-@pytest.mark.parametrize("world, port", [(2, 29581), (4, 29582)])
-def test_expert_parallel_equals_single_process(tmp_path, world, port):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port", str(port),
-           str(WORKER), str(tmp_path)]
+def free_port() -> int:
+    """A port nothing listens on now (fixed ports collide when test sessions run side by side)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_equals_single_process(tmp_path, world):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+           str(free_port()), str(WORKER), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]

@@ -28,6 +28,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "sim infer": ("duomind.sim.cli:infer", "Simulate serving a model: TTFT, decode step, tokens/s, memory per device."),
     "sim search": ("duomind.sim.cli:search", "Search model shapes x parallel plans; print and plot the throughput-vs-size front."),
     "sim train": ("duomind.sim.cli:train", "Simulate a training step: time breakdown, tokens/s, MFU, memory per device."),
+    "spatial ask": ("duomind.apps.spatial.cli:ask_cli", "Ask an LLM (local DuoMind or OpenAI-compatible) about a scene description."),
+    "spatial bench": ("duomind.apps.spatial.cli:bench_cli", "Generate perception questions with exact answers from an SSD, ask a backend, score."),
+    "spatial describe": ("duomind.apps.spatial.cli:describe_cli", "Structured scene description (JSON) from GeoJSON, OSM, shapefiles, CSV, point clouds."),
     "tokenizer train": ("duomind.tokenizer:train_cli", "Train a byte-level BPE tokenizer with chat template and reasoning tokens."),
     "train": ("duomind.train.cli:train_cli", "Pre-train, fine-tune (SFT) or distil (KD) a model from a recipe."),
 }

@@ -70,7 +70,7 @@ def test_two_process_run_equals_one_process(tmp_path, tiny_tokenizer_dir, corpus
             "--global_batch_size", "8", "--micro_batch_size", "4", "--progress", "false", "--threads", "1"]
     one = train(cfg(tmp_path, tiny_tokenizer_dir, corpus_file, out_dir=str(tmp_path / "one"), max_steps=4,
                     lr=1e-3, warmup_steps=20, save_every=100))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
            "-m", "duomind.cli", "train", *args, "--out_dir", str(tmp_path / "two")]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     assert_same(weights(one), weights(tmp_path / "two" / "step-000004"), atol=1e-5)

@@ -26,6 +26,8 @@ KEYS = {
     "sim_search": ["configs_per_second", "front", "simulated_per_run"],
     "sim_validation": ["local_median_abs_error", "published_median_abs_error", "published_blind_median_abs_error",
                        "moe_vs_moge"],
+    "spatial": ["describe_seconds", "answerable_fraction", "accuracy_by_category", "accuracy_with_description",
+                "accuracy_without_description", "finetune"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
                 "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
 }
@@ -69,6 +71,13 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert sel["random_equal_size"] == sel["merge_balanced"]
         finals = [acc[v][-1] for v in ("merge_balanced", "no_merge", "random_equal_size")]
         assert result["merge_balanced_at_or_above_others"] == (finals[0] >= max(finals[1:]))
+    if name == "spatial":
+        assert result["answerable_fraction"] == 1.0  # the rule reader recovers every answer at the default budget
+        assert set(result["accuracy_by_category"]["with_description"]) == {"distance", "direction", "poi", "route",
+                                                                           "grounding"}
+        # the model's short prompts still hold every answer except (sometimes) a route's many streets
+        rule = result["finetune"]["rule_reader_same_prompts"]["accuracy_by_category"]
+        assert all(v == 1.0 for k, v in rule.items() if k != "route")
     if name == "sim_search":
         assert result["configs_per_second"] > 0 and result["front"]
     if name == "sim_validation":

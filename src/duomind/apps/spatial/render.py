@@ -152,9 +152,14 @@ def render(ssd: dict, budget: int = 2000, question: str | None = None, entities:
             used += c
         else:
             omitted.append(fid)
-    text = "\n".join([head, *lines] if head else lines)
-    if omitted:
-        kinds = {p: sum(1 for o in omitted if o.startswith(p)) for p in ("A", "L", "P")}
-        text += (f"\n(left out {len(omitted)} of {len(byid)} features for the {budget}-token budget: "
-                 f"{kinds['A']} areas, {kinds['L']} lines, {kinds['P']} points, least salient first)")
-    return Rendered(text, count(text), included, omitted)
+    while True:
+        text = "\n".join([head, *lines] if head else lines)
+        if omitted:
+            kinds = {p: sum(1 for o in omitted if o.startswith(p)) for p in ("A", "L", "P")}
+            text += (f"\n(left out {len(omitted)} of {len(byid)} features for the {budget}-token budget: "
+                     f"{kinds['A']} areas, {kinds['L']} lines, {kinds['P']} points, least salient first)")
+        tokens = count(text)
+        if tokens <= budget or not lines:  # the report may outgrow its reserve: give back the last lines
+            return Rendered(text, tokens, included, omitted)
+        lines.pop()
+        omitted.insert(0, included.pop())

@@ -76,6 +76,12 @@ def test_two_process_run_equals_one_process(tmp_path, tiny_tokenizer_dir, corpus
     assert_same(weights(one), weights(tmp_path / "two" / "step-000004"), atol=1e-5)
 
 
+def test_sft_warns_when_chats_are_cut(tiny_tokenizer, sft_file):
+    with pytest.warns(UserWarning, match=r"chats are longer than seq_len=8 tokens and were cut"):
+        ex = build_examples(tiny_tokenizer, read_records(sft_file), "sft", 8)
+    assert max(len(x) for x in ex.inputs) == 8
+
+
 def test_sft_trains_only_on_assistant_tokens(tiny_tokenizer, sft_file):
     ex = build_examples(tiny_tokenizer, read_records(sft_file), "sft", 64)
     ids, labels = ex.inputs[0], ex.labels[0]

@@ -83,12 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     target, doc = VERBS[verb]
     module, _, func = target.partition(":")
     fn = getattr(importlib.import_module(module), func)
-    from jsonargparse import CLI
+    from jsonargparse import CLI, ActionConfigFile, ArgumentParser
 
     config_cls = _single_dataclass_param(fn)
     try:
         if config_cls is not None:  # flat flags and YAML keys map straight onto the dataclass's fields
-            fn(CLI(config_cls, args=rest, prog=f"duomind {verb}", description=doc))
+            # (not CLI(config_cls): it would turn any public method of the dataclass into a sub-command)
+            parser = ArgumentParser(prog=f"duomind {verb}", description=doc)
+            parser.add_argument("--config", action=ActionConfigFile, help="YAML recipe; flags override its keys")
+            parser.add_class_arguments(config_cls)
+            fields = parser.parse_args(rest).as_dict()
+            fields.pop("config", None)
+            fn(config_cls(**fields))
         else:
             CLI(fn, args=rest, prog=f"duomind {verb}", description=doc, as_positional=True)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

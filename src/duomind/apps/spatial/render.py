@@ -143,7 +143,11 @@ def render(ssd: dict, budget: int = 2000, question: str | None = None, entities:
     used = count(head) if head else 0
     reserve = 24  # room for the omission report
     lines, included, omitted = [], [], []
-    for fid in order:
+    misses = 0
+    for n, fid in enumerate(order):
+        if misses >= 32:  # a full budget: stop trying (counting every remaining line costs O(n) per render)
+            omitted += order[n:]
+            break
         line = feature_line(byid[fid])
         c = count(line) + 1
         if used + c + reserve <= budget:
@@ -152,6 +156,7 @@ def render(ssd: dict, budget: int = 2000, question: str | None = None, entities:
             used += c
         else:
             omitted.append(fid)
+            misses += 1
     while True:
         text = "\n".join([head, *lines] if head else lines)
         if omitted:

@@ -15,6 +15,7 @@ Steps (`describe`):
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import networkx as nx
 import numpy as np
@@ -106,7 +107,7 @@ def road_graph(road_metric: list) -> nx.Graph:
 
 def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 400.0, topology_m: float = 50.0,
              landmark_m: float = 150.0, max_landmarks: int = 3, max_topology: int = 5,
-             cloud_control: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+             cloud_control: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1) -> dict:
     """Build the SSD of a scene (see the module docstring for the steps).
 
     Args:
@@ -118,6 +119,7 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         max_landmarks: Landmarks per feature (at most 2: one POI, one line).
         max_topology: Ids listed per topology category (the count is always exact).
         cloud_control: (cloud_xy, map_xy) control points to align the cloud to the map by an affine fit.
+        workers: Threads for the independent stages (GEOS releases the GIL; 1 where other jobs share the cores).
 
     Returns:
         {"crs", "polygons", "lines", "points", "stats"}; every feature has id, name, fclass, center,
@@ -148,78 +150,105 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
     is_poi = kinds == "point"
     is_building = np.array([k == "polygon" and landuse_group(fc, k) == "built" for k, fc in zip(kinds, fclass)])
 
-    # heights from the point cloud
-    heights: dict[int, tuple[float, int]] = {}
-    if scene.cloud is not None and len(scene.cloud):
-        cloud = np.asarray(scene.cloud, float)
-        if cloud_control is not None:
-            m = geo.fit_affine(*cloud_control)
-            cloud = np.column_stack([np.column_stack([cloud[:, :2], np.ones(len(cloud))]) @ m, cloud[:, 2]])
-        elif scene.cloud_crs is not None and scene.cloud_crs != crs:
-            x, y = geo.transform_xy(cloud[:, 0], cloud[:, 1], scene.cloud_crs, crs)
-            cloud = np.column_stack([x, y, cloud[:, 2]])
-        x0, y0, x1, y1 = shapely.total_bounds(metric)
-        inside = (cloud[:, 0] >= x0) & (cloud[:, 0] <= x1) & (cloud[:, 1] >= y0) & (cloud[:, 1] <= y1)
-        if not inside.any():
-            raise ValueError(f"the point cloud ({len(cloud)} points) does not overlap the map's extent in {crs.name}; "
-                             "give its CRS with --cloud_crs or align it with control points (--control).")
-        if inside.mean() < 0.5:
-            warnings.warn(f"only {inside.mean():.0%} of the point cloud lies within the map; check its alignment",
-                          stacklevel=2)
-        poly_idx = np.flatnonzero(kinds == "polygon")
-        if len(poly_idx):
-            heights = _heights(metric, poly_idx, cloud[inside])
-
     # "3D Spatial" relations: nearest centroids from a spatial index
     cpts = shapely.points(cx, cy)
     tree = shapely.STRtree(cpts)
     x0, y0, x1, y1 = shapely.total_bounds(cpts)
     extent_m2 = max((x1 - x0) * (y1 - y0), 1.0)
-    # search radius sized for ~4x max_relations neighbours on average, so dense scenes stay linear in n
-    radius = min(relation_radius_m, max(30.0, float(np.sqrt(extent_m2 * 4 * (max_relations + 1) / (np.pi * n)))))
-    src, dst = tree.query(cpts, predicate="dwithin", distance=radius)
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    d_plane = np.hypot(cx[dst] - cx[src], cy[dst] - cy[src])
-    rs, rd, _ = _top_k(src, dst, d_plane, max_relations)
-    r_dist = geo.geodesic_m(lon[rs], lat[rs], lon[rd], lat[rd])
-    r_bear = geo.bearing_index(lon[rs], lat[rs], lon[rd], lat[rd])
-    rel_groups = _groups(rs, n)
+
+    def stage_heights() -> dict[int, tuple[float, int]]:
+        heights: dict[int, tuple[float, int]] = {}
+        if scene.cloud is not None and len(scene.cloud):
+            cloud = np.asarray(scene.cloud, float)
+            if cloud_control is not None:
+                m = geo.fit_affine(*cloud_control)
+                cloud = np.column_stack([np.column_stack([cloud[:, :2], np.ones(len(cloud))]) @ m, cloud[:, 2]])
+            elif scene.cloud_crs is not None and scene.cloud_crs != crs:
+                x, y = geo.transform_xy(cloud[:, 0], cloud[:, 1], scene.cloud_crs, crs)
+                cloud = np.column_stack([x, y, cloud[:, 2]])
+            x0, y0, x1, y1 = shapely.total_bounds(metric)
+            inside = (cloud[:, 0] >= x0) & (cloud[:, 0] <= x1) & (cloud[:, 1] >= y0) & (cloud[:, 1] <= y1)
+            if not inside.any():
+                raise ValueError(f"the point cloud ({len(cloud)} points) does not overlap the map's extent in {crs.name}; "
+                                 "give its CRS with --cloud_crs or align it with control points (--control).")
+            if inside.mean() < 0.5:
+                warnings.warn(f"only {inside.mean():.0%} of the point cloud lies within the map; check its alignment",
+                              stacklevel=2)
+            poly_idx = np.flatnonzero(kinds == "polygon")
+            if len(poly_idx):
+                heights = _heights(metric, poly_idx, cloud[inside])
+
+        return heights
+
+    def stage_relations():
+        # search radius sized for ~4x max_relations neighbours on average, so dense scenes stay linear in n
+        radius = min(relation_radius_m, max(30.0, float(np.sqrt(extent_m2 * 4 * (max_relations + 1) / (np.pi * n)))))
+        src, dst = tree.query(cpts, predicate="dwithin", distance=radius)
+        keep = src != dst
+        src, dst = src[keep], dst[keep]
+        d_plane = np.hypot(cx[dst] - cx[src], cy[dst] - cy[src])
+        rs, rd, _ = _top_k(src, dst, d_plane, max_relations)
+        r_dist = geo.geodesic_m(lon[rs], lat[rs], lon[rd], lat[rd])
+        r_bear = geo.bearing_index(lon[rs], lat[rs], lon[rd], lat[rd])
+        rel_groups = _groups(rs, n)
+
+        return rs, rd, r_dist, r_bear, rel_groups
 
     # landmarks: the nearest POI and the nearest line from each area's or point's centroid (point queries are
     # several times cheaper than polygon ones, and centroid distances match the relations')
-    lm_pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    srcs = np.flatnonzero(kinds != "line")
-    line_idx = np.flatnonzero(kinds == "line")
-    for tgt_geoms, tgt in ((metric[is_poi], np.flatnonzero(is_poi)), _segments(metric[line_idx], line_idx)):
-        if len(tgt) and len(srcs):
-            (a, b), d = shapely.STRtree(tgt_geoms).query_nearest(cpts[srcs], max_distance=landmark_m,
-                                                                  return_distance=True, exclusive=True,
-                                                                  all_matches=False)
-            lm_pairs.append((srcs[a], tgt[b], d))
-    ls = np.concatenate([p[0] for p in lm_pairs]) if lm_pairs else np.zeros(0, int)
-    ld = np.concatenate([p[1] for p in lm_pairs]) if lm_pairs else np.zeros(0, int)
-    l_dist = np.concatenate([p[2] for p in lm_pairs]) if lm_pairs else np.zeros(0)
-    ls, ld, l_dist = _top_k(ls, ld, l_dist, max_landmarks)
-    lm_groups = _groups(ls, n)
+    def stage_landmarks():
+        lm_pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        srcs = np.flatnonzero(kinds != "line")
+        line_idx = np.flatnonzero(kinds == "line")
+        for tgt_geoms, tgt in ((metric[is_poi], np.flatnonzero(is_poi)), _segments(metric[line_idx], line_idx)):
+            if len(tgt) and len(srcs):
+                (a, b), d = shapely.STRtree(tgt_geoms).query_nearest(cpts[srcs], max_distance=landmark_m,
+                                                                      return_distance=True, exclusive=True,
+                                                                      all_matches=False)
+                lm_pairs.append((srcs[a], tgt[b], d))
+        ls = np.concatenate([p[0] for p in lm_pairs]) if lm_pairs else np.zeros(0, int)
+        ld = np.concatenate([p[1] for p in lm_pairs]) if lm_pairs else np.zeros(0, int)
+        l_dist = np.concatenate([p[2] for p in lm_pairs]) if lm_pairs else np.zeros(0)
+        ls, ld, l_dist = _top_k(ls, ld, l_dist, max_landmarks)
+        lm_groups = _groups(ls, n)
+
+        return ld, l_dist, lm_groups
 
     # topology within topology_m
-    ts, td = shapely.STRtree(metric).query(metric, predicate="dwithin", distance=topology_m)
-    keep = ts != td
-    ts, td = ts[keep], td[keep]
-    order = np.lexsort((td, ts))
-    ts, td = ts[order], td[order]
-    topo_groups = _groups(ts, n)
+    def stage_topology():
+        ts, td = shapely.STRtree(metric).query(metric, predicate="dwithin", distance=topology_m)
+        keep = ts != td
+        ts, td = ts[keep], td[keep]
+        order = np.lexsort((td, ts))
+        ts, td = ts[order], td[order]
+        topo_groups = _groups(ts, n)
+
+        return td, topo_groups
 
     # road connectivity between road lines (touching within 1 m)
-    road_idx = np.flatnonzero(is_road)
-    connects: dict[int, list[int]] = {int(i): [] for i in road_idx}
-    if len(road_idx):
-        rtree = shapely.STRtree(metric[road_idx])
-        a, b = rtree.query(metric[road_idx], predicate="dwithin", distance=1.0)
-        for i, j in zip(road_idx[a], road_idx[b]):
-            if i != j:
-                connects[int(i)].append(int(j))
+    def stage_connects() -> dict[int, list[int]]:
+        road_idx = np.flatnonzero(is_road)
+        connects: dict[int, list[int]] = {int(i): [] for i in road_idx}
+        if len(road_idx):
+            rtree = shapely.STRtree(metric[road_idx])
+            a, b = rtree.query(metric[road_idx], predicate="dwithin", distance=1.0)
+            for i, j in zip(road_idx[a], road_idx[b]):
+                if i != j:
+                    connects[int(i)].append(int(j))
+
+        return connects
+
+    # the stages are independent and spend their time in GEOS, which releases the GIL: run them side by side
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        jobs = {name: pool.submit(fn) for name, fn in (('heights', stage_heights), ('relations', stage_relations),
+                                                       ('landmarks', stage_landmarks), ('topology', stage_topology),
+                                                       ('connects', stage_connects), ('roads', lambda: road_graph(list(metric[is_road]))))}
+        heights = jobs['heights'].result()
+        rs, rd, r_dist, r_bear, rel_groups = jobs['relations'].result()
+        ld, l_dist, lm_groups = jobs['landmarks'].result()
+        td, topo_groups = jobs['topology'].result()
+        connects = jobs['connects'].result()
+        graph = jobs['roads'].result()
 
     out: dict = {"crs": crs.to_string(), "polygons": [], "lines": [], "points": []}
     # round once, vectorised, then plain Python lists: the per-feature loop must stay cheap at 100k features
@@ -266,7 +295,7 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
             if topo:
                 f["topology"] = topo
         out[SECTIONS[k]].append(f)
-    out["stats"] = _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights)
+    out["stats"] = _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights, graph)
     return out
 
 
@@ -290,22 +319,21 @@ def _thin(coords: np.ndarray, k: int) -> np.ndarray:
     return coords[np.unique(np.linspace(0, len(coords) - 1, k).round().astype(int))]
 
 
-def _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights) -> dict:
+def _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights, g: nx.Graph) -> dict:
     """Scene statistics: land-use shares, POI density, road network, coverage."""
     km2 = extent_m2 / 1e6
     poly = kinds == "polygon"
     groups: dict[str, float] = {}
     classes: dict[str, float] = {}
     for i in np.flatnonzero(poly):
-        g = landuse_group(fclass[i], "polygon")
-        groups[g] = groups.get(g, 0.0) + float(area[i])
+        grp = landuse_group(fclass[i], "polygon")
+        groups[grp] = groups.get(grp, 0.0) + float(area[i])
         classes[fclass[i]] = classes.get(fclass[i], 0.0) + float(area[i])
     total = sum(groups.values()) or 1.0
     poi_counts: dict[str, int] = {}
     for i in np.flatnonzero(is_poi):
         poi_counts[fclass[i]] = poi_counts.get(fclass[i], 0) + 1
     roads = metric[is_road]
-    g = road_graph(list(roads))
     deg = dict(g.degree())
     ends = [nd for nd, d in deg.items() if d == 1]
     touching = 0

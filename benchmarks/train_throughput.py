@@ -19,7 +19,7 @@ def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12)
     args = p.parse_args()
     if args.quick:
         args.batch, args.seq_len, args.steps = 2, 32, 2

@@ -33,7 +33,6 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import torch
 import yaml
 
 from duomind.config import ConfigError, load_mapping
+from duomind.progress import progress_bar
 
 
 class MergeError(ValueError):
@@ -568,7 +568,7 @@ def merge(cfg: MergeConfig, out_dir: str | Path, overwrite: bool = False, progre
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
         merged: dict[str, torch.Tensor] = {}
-        with _bar(progress, len(names)) as advance:
+        with progress_bar("merge", len(names), enabled=progress, unit="tensor") as advance:
             for name in names:
                 ref = base_src.get(name)
                 dtype = DTYPES[cfg.dtype] if cfg.dtype else ref.dtype
@@ -619,35 +619,6 @@ def _write_output(tmp: Path, merged: dict[str, torch.Tensor], template: Path, cf
                 data[key] = cfg.dtype
         config.write_text(json.dumps(data, indent=2))
     (tmp / "merge_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-class _bar:
-    """A rich progress bar over tensors (rate and ETA), or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(TextColumn("[bold]merge"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TimeRemainingColumn())
-        self._p.__enter__()
-        task = self._p.add_task("merge", total=self.total)
-        return lambda n: self._p.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._p.__exit__(*exc)
 
 
 def merge_cli(merge_config: str, out_dir: str, overwrite: bool = False, progress: bool = True) -> None:

@@ -41,6 +41,7 @@ from duomind.config import ConfigError
 from duomind.distill.config import RESUMABLE_CHANGES, DistillConfig, size_at, to_dict
 from duomind.distill.dedup import dedup
 from duomind.distill.select import bin_of, difficulty, select_balanced, select_random, shortest_correct
+from duomind.progress import progress_bar
 from duomind.tasks import Task, read_tasks, write_jsonl
 
 STAGES = ("prompts", "teacher", "difficulty", "select", "sft", "merge", "eval", "report")
@@ -206,25 +207,6 @@ def sample_chunked(model, tok, tasks: list[Task], mode: str, n: int, temperature
     return [row for c in range(len(chunks)) for row in done[c]]
 
 
-@contextmanager
-def progress_bar(enabled: bool, label: str, total: int):
-    """Yield advance(n) for a rich bar with rate and ETA (or a no-op)."""
-    if not enabled or total == 0:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn()) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +223,7 @@ def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batc
 
     correct: list[bool] = []
     lengths: list[int] = []
-    with progress_bar(progress, "eval", len(tasks)) as advance:
+    with progress_bar("eval", len(tasks), enabled=progress) as advance:
         for s in range(0, len(tasks), batch_size):
             part = tasks[s:s + batch_size]
             prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode=mode) for t in part]
@@ -452,7 +434,7 @@ def _stage_prompts(cfg: DistillConfig, t: int, it: Path, pool: list[Task], order
 def _stage_teacher(cfg: DistillConfig, t: int, it: Path, prompts: list[Task], teacher, teacher_tok, student_tok,
                    verifier: Verifier) -> None:
     keys = [r["key"] for r in read_rows(it / "prompts.jsonl")]
-    with progress_bar(cfg.progress, f"teacher {t}", len(prompts)) as advance:
+    with progress_bar(f"teacher {t}", len(prompts), enabled=cfg.progress) as advance:
         rows = sample_chunked(teacher, teacher_tok, prompts, cfg.mode, cfg.teacher_samples, cfg.teacher_temperature,
                               cfg.teacher_top_p, cfg.max_new_tokens, cfg.batch_size, cfg.seed * 7919 + t,
                               it / "teacher.partial.jsonl", verifier, advance)
@@ -473,7 +455,7 @@ def _stage_difficulty(cfg: DistillConfig, t: int, it: Path, usable: list[dict], 
                       verifier: Verifier) -> None:
     model, _ = load_any(current)
     tasks = [Task.from_dict(r["task"]) for r in usable]
-    with progress_bar(cfg.progress, f"student {t}", len(tasks)) as advance:
+    with progress_bar(f"student {t}", len(tasks), enabled=cfg.progress) as advance:
         rows = sample_chunked(model, student_tok, tasks, cfg.mode, cfg.student_samples, cfg.student_temperature,
                               None, cfg.max_new_tokens, cfg.batch_size, cfg.seed * 7919 + 1000 + t,
                               it / "difficulty.partial.jsonl", verifier, advance)

@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 
+from duomind.progress import progress_bar
 from duomind.rewards.config import RewardConfig
 from duomind.rewards.judge import Complete, judge, make_backend
 from duomind.rewards.mars import Mars
@@ -101,7 +100,7 @@ class Scorer:
                              "judge.backend to http or local (or give those tasks a judge weight of 0 and no "
                              "general records)")
         components: dict[int, dict[str, Component]] = {}
-        with _progress(progress, len(valid) + len(needs_judge)) as advance:
+        with progress_bar("scoring", len(valid) + len(needs_judge), enabled=progress, unit="rec") as advance:
             self._run_sources(valid, components, advance)
             for start in range(0, len(needs_judge), 64):
                 part = needs_judge[start: start + 64]
@@ -150,22 +149,3 @@ class Scorer:
                 "detail": detail}
 
 
-@contextlib.contextmanager
-def _progress(show: bool, total: int):
-    """Yield advance(n): a rich progress bar with rate and ETA when `show`, else a no-op."""
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    t0 = time.monotonic()
-    with Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]} rec/s"), TimeRemainingColumn()) as bar:
-        task = bar.add_task("score", total=total, rate="-")
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            done = bar.tasks[0].completed
-            bar.update(task, rate=f"{done / max(time.monotonic() - t0, 1e-9):.1f}")
-
-        yield advance

@@ -6,28 +6,15 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
+from duomind.progress import progress_bar
 from duomind.tasks.formats import corpus_text, sft_records
 from duomind.tasks.io import write_jsonl, write_text
 from duomind.tasks.record import LEVELS, Task
 from duomind.tasks.registry import iter_generate, resolve_levels, resolve_tasks, split_heldout
 
 _PROGRESS_FROM = 20_000  # below this generation takes well under a second: no bar
-
-
-class _Rate(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} rec/s", style="progress.data.speed")
 
 
 def _summary(records: list[Task], heldout: list[Task], out: Path) -> Table:
@@ -75,18 +62,11 @@ def make(
     out = Path(out_dir)
     console = Console()
     stream = iter_generate(names, n, seed, levels)
-    if n >= _PROGRESS_FROM:
-        columns = (
-            TextColumn("generating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as progress:
-            records = list(progress.track(stream, total=n))
-    else:
-        records = list(stream)
+    records = []
+    with progress_bar("generating", n, enabled=n >= _PROGRESS_FROM, unit="rec", transient=True) as advance:
+        for record in stream:
+            records.append(record)
+            advance()
     train, heldout = split_heldout(records, heldout_fraction, seed)
     written = [
         write_jsonl(out / "tasks.jsonl", records),

@@ -21,6 +21,7 @@ import yaml
 
 from duomind.config import ModelConfig, TrainConfig
 from duomind.moe import LoadMeter, update_router_bias
+from duomind.progress import progress_bar
 from duomind.train.checkpoint import (
     latest_checkpoint,
     load_model,
@@ -142,22 +143,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _progress(enabled: bool, total: int, start: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled)
-    task = bar.add_task("train", total=total, completed=start, info="")
-    return bar, task
-
-
 def evaluate(model, ex: Examples, cfg: TrainConfig, pad_id: int, device, autocast) -> float:
     """Mean per-token cross-entropy over the first eval_batches micro-batches of `ex`."""
     model.eval()
@@ -224,8 +209,7 @@ def train(cfg: TrainConfig) -> Path:
     meter = LoadMeter(model)  # empty (falsy) for dense models
     bias_rate = getattr(model.config, "router_bias_update_rate", 0.0)
     last_ckpt = resume_from
-    bar, task = _progress(cfg.progress and rank == 0, end, start)
-    with bar:
+    with progress_bar("train", end, enabled=cfg.progress and rank == 0, completed=start, unit="step") as advance:
         for step in range(start, end):
             t0 = time.perf_counter()
             lr = lr_at(step, cfg)
@@ -265,7 +249,7 @@ def train(cfg: TrainConfig) -> Path:
             if done % cfg.log_every == 0 or done == end or done == start + 1:
                 log.write(step=done, loss=loss_value, lr=lr, grad_norm=norm_value,
                           tokens_per_s=n_tokens * world / elapsed, step_time_s=elapsed, **moe_metrics)
-            bar.update(task, completed=done, info=f"loss {loss_value:.3f} · {n_tokens * world / elapsed:,.0f} tok/s")
+            advance(1, info=f"loss {loss_value:.3f} · {n_tokens * world / elapsed:,.0f} tok/s")
             if eval_ex is not None and rank == 0 and (
                     (cfg.eval_every and done % cfg.eval_every == 0) or done == end):
                 log.write(step=done, eval_loss=evaluate(model, eval_ex, cfg, pad_id, device, autocast))

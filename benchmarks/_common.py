@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from duomind.sim.calibrate import cpu_name  # torch-free at import
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,16 +50,6 @@ def out_dir(args: argparse.Namespace) -> Path:
     return RESULTS
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance() -> dict:
     """How a result was produced: command, commit, date, machine."""
     try:
@@ -67,7 +59,7 @@ def provenance() -> dict:
         commit = "unknown"
     info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": commit,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()}}
     try:
         import torch

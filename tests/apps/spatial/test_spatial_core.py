@@ -199,3 +199,22 @@ def test_control_points_align_a_shifted_cloud(city, ssd):
         warnings.simplefilter("ignore")
         out = describe(shifted, cloud_control=(ctrl_map + shift, ctrl_map))
     assert [f["height_m"] for f in out["polygons"]] == [f["height_m"] for f in ssd["polygons"]]
+
+
+def test_mixed_crs_inputs_land_in_one_frame(city, files, tmp_path):
+    """A legacy-CRS GeoJSON in web Mercator and a lon/lat CSV describe the same places."""
+    import pyproj
+
+    pts = [(g, n) for g, n in zip(city.scene.geoms, city.scene.names) if g.geom_type == "Point"]
+    merc = geo.transform(np.array([g for g, _ in pts], dtype=object), geo.WGS84, pyproj.CRS.from_epsg(3857))
+    feats = [{"type": "Feature", "geometry": shapely.geometry.mapping(g), "properties": {"name": n + " M"}}
+             for g, (_, n) in zip(merc, pts)]
+    path = tmp_path / "merc.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:EPSG::3857"}}, "features": feats}))
+    scene = readers.read([path, files["csv"]])
+    out = describe(scene)
+    by_name = {f["name"]: f for f in out["points"]}
+    for _, n in pts:
+        a, b = by_name[n + " M"], by_name[n]
+        assert geo.geodesic_m(*a["center"], *b["center"]) < 0.2  # same place, whichever CRS it came in

@@ -47,7 +47,7 @@ def build(out_dir: Path, pretrain_steps: int, sft_steps: int, n: int, threads: i
                              max_steps=sft_steps, lr=2e-3, min_lr=2e-4, warmup_steps=10, **start, **common))
 
 
-def demo(out_dir: str = "runs/demo", pretrain_steps: int = 0, sft_steps: int = 800, n: int = 12000,
+def demo(out_dir: str = "runs/demo", pretrain_steps: int = 0, sft_steps: int = 1800, n: int = 12000,
          show: int = 12, threads: int | None = None) -> dict[str, float]:
     """Train a small model on the synthetic tasks and show it answering held-back problems.
 

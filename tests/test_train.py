@@ -98,9 +98,9 @@ def test_kd_loss_of_a_model_against_itself_is_zero():
 
 
 def test_kd_run_moves_student_towards_teacher(tmp_path, tiny_tokenizer_dir, sft_file):
-    teacher = train(cfg(tmp_path / "t", tiny_tokenizer_dir, sft_file, mode="sft", max_steps=8))
+    teacher = train(cfg(tmp_path / "t", tiny_tokenizer_dir, sft_file, mode="sft", max_steps=8, seq_len=64))
     student = cfg(tmp_path / "s", tiny_tokenizer_dir, sft_file, mode="kd", teacher=str(teacher), max_steps=8,
-                  seed=1, log_every=1)
+                  seed=1, log_every=1, seq_len=64)
     train(student)
     rows = [json.loads(x) for x in open(tmp_path / "s" / "run" / "metrics.jsonl") if "loss" in x]
     assert rows[-1]["loss"] < rows[0]["loss"]

@@ -101,9 +101,10 @@ def main() -> None:
 
             equal &= run_hf()[:, args.prompt_len:].tolist() == run_ours()
             times, floors, floor_pass = {"duomind": [], "hf": []}, [], matmul_floor(ours, batch)
-            for _ in range(args.repeats):  # alternate (the floor too): noise hits all three alike
-                times["duomind"] += _common.timed(run_ours, 1, warmup=0)
-                times["hf"] += _common.timed(run_hf, 1, warmup=0)
+            runs = {"duomind": run_ours, "hf": run_hf}
+            for i in range(args.repeats):  # alternate (the floor too), swapping who goes first: no order bias
+                for name in (("duomind", "hf") if i % 2 == 0 else ("hf", "duomind")):
+                    times[name] += _common.timed(runs[name], 1, warmup=0)
                 floors += [floor_pass() for _ in range(n)]
             floor = _common.stats(floors)["median"]
             row = {"matmul_floor_ms_per_step": floor * 1e3}

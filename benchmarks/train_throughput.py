@@ -19,7 +19,7 @@ def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq_len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
     if args.quick:
         args.batch, args.seq_len, args.steps = 2, 32, 2
@@ -49,9 +49,10 @@ def main() -> None:
 
     step_ours(), step_hf()  # warm-up: allocate optimizer state
     times = {"duomind": [], "hf": []}
-    for _ in range(args.steps):
-        times["duomind"] += _common.timed(step_ours, 1, warmup=0)
-        times["hf"] += _common.timed(step_hf, 1, warmup=0)
+    steps = {"duomind": step_ours, "hf": step_hf}
+    for i in range(args.steps):  # alternate, and swap who goes first each round: no order bias
+        for name in (("duomind", "hf") if i % 2 == 0 else ("hf", "duomind")):
+            times[name] += _common.timed(steps[name], 1, warmup=0)
     tokens = args.batch * args.seq_len
     rows = {name: {"tokens_per_s": tokens / _common.stats(t)["median"], "step_seconds": _common.stats(t)}
             for name, t in times.items()}

@@ -83,17 +83,17 @@ def build_examples(tok, records: list[dict], mode: str, seq_len: int) -> Example
             raise DataError(f"the data holds {len(stream)} tokens, fewer than one window of seq_len={seq_len}; "
                             "add data or lower seq_len.")
         return Examples(windows, windows)
-    inputs, labels, cut = [], [], 0
+    inputs, labels, cut, longest = [], [], 0, 0
     for rec in records:
         if "messages" not in rec:
             raise DataError(f"mode={mode!r} needs chat records with 'messages'; got a 'text' record. "
                             "Use sft.jsonl from `duomind data make`, or mode=pretrain for plain text.")
         ids, lab = chat_example(tok, rec)
         cut += len(ids) > seq_len
+        longest = max(longest, len(ids))
         inputs.append(ids[:seq_len])
         labels.append(lab[:seq_len])
     if cut:  # a cut chat loses its ending (the answer, the end-of-turn token): the model learns not to finish
-        longest = max(len(chat_example(tok, r)[0]) for r in records)
         warnings.warn(f"{cut} of {len(records)} chats are longer than seq_len={seq_len} tokens and were cut "
                       f"(the longest has {longest}); raise seq_len to keep their endings.", stacklevel=2)
     return Examples(inputs, labels)

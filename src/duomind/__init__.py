@@ -26,10 +26,25 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'duomind' has no attribute {name!r}")
+def lazy_exports(package: str, table: dict[str, str], namespace: dict[str, Any]):
+    """Module-level `__getattr__` and `__dir__` that import each public name from its module on first use.
+
+    Packages use it as `__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())`, so importing a
+    package stays cheap (no torch, sympy, ...) until a name is actually touched.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(list(namespace) + list(table))
+
+    return __getattr__, __dir__
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
@@ -59,7 +74,3 @@ if "transformers" in sys.modules:
     importlib.import_module("duomind.model")
 elif not any(isinstance(f, _RegisterWhenTransformersLoads) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))

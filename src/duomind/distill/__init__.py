@@ -10,8 +10,7 @@ difficulty, balanced selection), `loop` (the iteration and its resume), `cli`. S
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from duomind import lazy_exports
 
 _LAZY = {
     "DistillConfig": "duomind.distill.config",
@@ -23,11 +22,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'duomind.distill' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -11,8 +11,7 @@ Modules: `record` (format), `math`, `code` + `sandbox` + `harness`, `judge`, `fo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from duomind import lazy_exports
 
 _LAZY = {
     "Scorer": "duomind.rewards.batch",
@@ -30,11 +29,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'duomind.rewards' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

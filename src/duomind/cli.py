@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "merge": ("duomind.merge:merge_cli", "Merge checkpoints (linear, task arithmetic, TIES, DARE, SLERP, Model Stock) from a YAML config."),
     "moe stats": ("duomind.moe_cli:stats_cli", "Per-layer expert and device loads and imbalance score (IS) of a MoE checkpoint; heat-map PNG."),
     "moe upcycle": ("duomind.moe_cli:upcycle_cli", "Turn a dense checkpoint into a MoE or MoGE one (experts copied from the MLP)."),
+    "reasoner train": ("duomind.reasoner.dual:train_cli", "Dual-system training: fast + slow SFT, auto labels from the model's own pass rate, fusion SFT."),
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
     "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
     "sim calibrate": ("duomind.sim.cli:calibrate", "Measure this machine into the simulator's `local` hardware profile."),

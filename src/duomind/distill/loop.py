@@ -216,13 +216,14 @@ def sample_chunked(model, tok, tasks: list[Task], mode: str, n: int, temperature
 
 def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batch_size: int, verifier: Verifier,
              progress: bool = False) -> dict:
-    """Greedy answers to `tasks`: accuracy overall and per difficulty level, mean response tokens."""
+    """Greedy answers to `tasks`: accuracy per difficulty and task, response tokens, share of answers that thought."""
     from duomind.generate import generate
     from duomind.generate.cli import stop_ids
     from duomind.tokenizer import chat_prompt
 
     correct: list[bool] = []
     lengths: list[int] = []
+    thought: list[bool] = []
     with progress_bar("eval", len(tasks), enabled=progress) as advance:
         for s in range(0, len(tasks), batch_size):
             part = tasks[s:s + batch_size]
@@ -230,17 +231,20 @@ def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batc
             out = generate(model, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_ids(tok))
             texts = [reply_text(tok, o) for o in out]
             lengths += [len(o) for o in out]
+            thought += ["<think>" in x for x in texts]
             correct += verifier.check([reward_record(t, x, mode, str(s + i)) for i, (t, x) in enumerate(zip(part, texts))])
             advance(len(part))
-    by_level: dict[str, list[bool]] = {}
-    by_task: dict[str, list[bool]] = {}
-    for t, ok in zip(tasks, correct):
-        by_level.setdefault(str(t.difficulty), []).append(ok)
-        by_task.setdefault(t.task, []).append(ok)
+    def mean_by(key, values) -> dict[str, float]:
+        groups: dict[str, list] = {}
+        for t, v in zip(tasks, values):
+            groups.setdefault(str(key(t)), []).append(v)
+        return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+    level = lambda t: t.difficulty  # noqa: E731
     return {"accuracy": sum(correct) / max(len(correct), 1), "n": len(correct),
-            "by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_level.items())},
-            "by_task": {k: sum(v) / len(v) for k, v in sorted(by_task.items())},
-            "mean_tokens": sum(lengths) / max(len(lengths), 1)}
+            "by_difficulty": mean_by(level, correct), "by_task": mean_by(lambda t: t.task, correct),
+            "mean_tokens": sum(lengths) / max(len(lengths), 1), "tokens_by_difficulty": mean_by(level, lengths),
+            "think_share": sum(thought) / max(len(thought), 1), "think_share_by_difficulty": mean_by(level, thought)}
 
 
 def plot_report(rows: list[dict], path: Path, title: str) -> None:

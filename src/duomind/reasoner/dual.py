@@ -1,0 +1,203 @@
+"""Dual-system training (Pangu Embedded Stage 2, arXiv 2505.22375): one model, fast / slow / auto modes.
+
+Stages, each skipped when its output exists (so an interrupted run resumes):
+
+1. data: synthetic verifiable tasks over several difficulty levels (`duomind data make`), a tokenizer.
+2. dual SFT: fast and slow chats of every training problem (or start from `init_from`).
+3. labels: the student's own fast-mode pass rate on a pool of training problems -> auto labels.
+4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
+5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from duomind.config import ConfigError
+
+EVAL_MODES = ("fast", "slow", "auto")
+
+
+@dataclass
+class DualConfig:
+    """A dual-system (fast / slow / auto) training run.
+
+    Attributes:
+        out_dir: Run directory (data/, tokenizer/, sft/, labels.jsonl, fusion/, report.json, report.png).
+        init_from: A model already fine-tuned on fast and slow chats (skips stages 1-2 except the data);
+            its tokenizer is used.
+        tasks: Task names of the synthetic data (`duomind data make`).
+        difficulty: Difficulty levels of the synthetic data.
+        n: Synthetic records to generate.
+        heldout_fraction: Share of problems held back for evaluation.
+        model_preset: Model size of a fresh dual model (duomind.config.PRESETS).
+        vocab_size: Tokenizer vocabulary of a fresh model.
+        seq_len: Training sequence length (tokens).
+        batch_size: Sequences per training step.
+        sft_steps: Steps of the dual (fast + slow) SFT.
+        sft_lr: Peak learning rate of the dual SFT.
+        label_pool: Training problems whose fast pass rate labels auto mode.
+        label_samples: Fast-mode samples per pool problem.
+        label_temperature: Sampling temperature of those samples.
+        fast_threshold: Pass rate from which a problem's auto target is the fast answer.
+        fusion_steps: Steps of the fusion SFT.
+        fusion_lr: Peak learning rate of the fusion SFT.
+        max_new_tokens: Longest response in labelling and evaluation.
+        eval_limit: Held-out problems to evaluate (0: all).
+        gen_batch_size: Prompts per generation batch.
+        seed: Seed of data, sampling and training.
+        threads: torch intra-op threads (None: torch's default).
+        progress: Show progress bars.
+    """
+
+    out_dir: str = "runs/reasoner"
+    init_from: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["add", "arith", "sequence", "word"])
+    difficulty: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    n: int = 16000
+    heldout_fraction: float = 0.03
+    model_preset: str = "demo"
+    vocab_size: int = 512
+    seq_len: int = 160
+    batch_size: int = 32
+    sft_steps: int = 3000
+    sft_lr: float = 2e-3
+    label_pool: int = 2000
+    label_samples: int = 4
+    label_temperature: float = 0.7
+    fast_threshold: float = 0.75
+    fusion_steps: int = 800
+    fusion_lr: float = 5e-4
+    max_new_tokens: int = 160
+    eval_limit: int = 400
+    gen_batch_size: int = 64
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fast_threshold <= 1.0:
+            raise ConfigError(f"fast_threshold={self.fast_threshold} must lie in (0, 1]: it is a pass rate.")
+        for name in ("n", "label_pool", "label_samples", "max_new_tokens", "gen_batch_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.sft_steps < 0 or self.fusion_steps < 1:
+            raise ConfigError("sft_steps must be >= 0 and fusion_steps >= 1.")
+
+
+def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, **start: Any) -> Path:
+    from duomind.config import TrainConfig
+    from duomind.train.loop import train
+
+    return train(TrainConfig(out_dir=str(out), mode="sft", data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
+                             warmup_steps=min(30, steps // 10), seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
+                             micro_batch_size=cfg.batch_size, save_every=max(steps // 2, 1), log_every=20,
+                             weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
+
+
+def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False) -> dict:
+    """Greedy accuracy and response tokens per difficulty in fast, slow and auto mode; auto's thinking share."""
+    from duomind.distill.loop import Verifier, evaluate
+
+    verifier = Verifier()
+    try:
+        report = {m: evaluate(model, tok, tasks, m, max_new_tokens, batch_size, verifier, progress)
+                  for m in EVAL_MODES}
+    finally:
+        verifier.close()
+    return report
+
+
+def train_dual(cfg: DualConfig) -> dict:
+    """Run (or resume) the dual-system pipeline; returns the report (also in out_dir/report.json)."""
+    import torch
+
+    from duomind.progress import progress_bar
+    from duomind.reasoner.fusion import auto_label, fast_pass_rates, fusion_records
+    from duomind.tasks import read_tasks, write_jsonl
+    from duomind.tasks.cli import make
+    from duomind.tokenizer import load_tokenizer, train_cli
+    from duomind.train.checkpoint import atomic_write_text, load_model, resolve_checkpoint
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    data = out / "data"
+    if not (data / "sft.jsonl").is_file():
+        make(out_dir=str(data), n=cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulty=cfg.difficulty,
+             heldout_fraction=cfg.heldout_fraction)
+    if cfg.init_from:
+        dual = resolve_checkpoint(cfg.init_from)
+    else:
+        tok_dir = out / "tokenizer"
+        if not (tok_dir / "tokenizer.json").is_file():
+            train_cli(str(data / "corpus.txt"), out=str(tok_dir), vocab_size=cfg.vocab_size)
+        dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, tokenizer=str(tok_dir),
+                      model_preset=cfg.model_preset)
+    tok = load_tokenizer(dual)
+
+    labels_path = out / "labels.jsonl"
+    train_tasks = [t for t in read_tasks(data / "tasks.jsonl")
+                   if t.id not in {h.id for h in read_tasks(data / "heldout.jsonl")}]
+    pool = random.Random(cfg.seed).sample(train_tasks, min(cfg.label_pool, len(train_tasks)))
+    if not labels_path.is_file():
+        model = load_model(dual)
+        with progress_bar("auto labels", len(pool), enabled=cfg.progress) as advance:
+            rates = fast_pass_rates(model, tok, pool, cfg.label_samples, cfg.label_temperature, cfg.max_new_tokens,
+                                    cfg.gen_batch_size, cfg.seed, out / "labels.partial.jsonl", advance)
+        write_jsonl(labels_path, [{"id": t.id, "difficulty": t.difficulty, "fast_pass_rate": r,
+                                   "label": auto_label(r, cfg.fast_threshold)} for t, r in zip(pool, rates)])
+    labels = {r["id"]: r for r in map(json.loads, labels_path.read_text().splitlines())}
+    fusion = out / "fusion.jsonl"
+    if not fusion.is_file():
+        write_jsonl(fusion, fusion_records(pool, [labels[t.id]["label"] for t in pool]))
+    final = _train(cfg, out / "fusion", fusion, cfg.fusion_steps, cfg.fusion_lr, init_from=str(dual))
+
+    report_path = out / "report.json"
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("model") == str(final):
+            return report
+    heldout = read_tasks(data / "heldout.jsonl")
+    if cfg.eval_limit:
+        heldout = random.Random(cfg.seed).sample(heldout, min(cfg.eval_limit, len(heldout)))
+    model = load_model(final)
+    report = {"model": str(final), "dual_model": str(dual), "config": dataclasses.asdict(cfg),
+              "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
+              "labels": label_summary(list(labels.values()))}
+    atomic_write_text(report_path, json.dumps(report, indent=1))
+    return report
+
+
+def label_summary(rows: list[dict]) -> dict:
+    """Share of auto labels that are `fast`, overall and per difficulty level."""
+    by_level: dict[str, list[bool]] = {}
+    for r in rows:
+        by_level.setdefault(str(r["difficulty"]), []).append(r["label"] == "fast")
+    fast = [r["label"] == "fast" for r in rows]
+    return {"n": len(rows), "fast_share": sum(fast) / max(len(fast), 1),
+            "fast_share_by_difficulty": {k: sum(v) / len(v) for k, v in sorted(by_level.items())}}
+
+
+def train_cli(cfg: DualConfig) -> None:
+    """Dual-system training: fast + slow SFT, auto labels from the model's own fast pass rate, fusion SFT, eval.
+
+    Resumes an existing run in out_dir at the stage where it stopped.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    report = train_dual(cfg)
+    table = Table(title=f"fast / slow / auto on held-out problems ({cfg.out_dir}/report.json)")
+    for col in ("mode", "accuracy", "by difficulty", "tokens", "thinks"):
+        table.add_column(col)
+    for mode, ev in report["eval"].items():
+        table.add_row(mode, f"{ev['accuracy']:.1%}", " ".join(f"L{k} {v:.0%}" for k, v in ev["by_difficulty"].items()),
+                      f"{ev['mean_tokens']:.0f}", f"{ev['think_share']:.0%}")
+    Console().print(table)
+    print(f"model: {report['model']}")

@@ -1,6 +1,8 @@
-"""A synthetic city: streets on a grid, blocks of buildings with heights, parks, water, POIs, and a point
-cloud sampled from the buildings. Written as GeoJSON, OSM XML, a shapefile, CSV points and PLY, so every
-reader runs offline and the ground truth (e.g. true building heights) is known.
+"""A synthetic city: streets on a grid, blocks of buildings with heights, parks (with a paved plaza cut out,
+so polygons with holes occur), water, POIs, a point cloud sampled from the buildings, and image captions
+(camera in front of a building, or naming a park) such as a captioner would give. Written as GeoJSON, OSM
+XML (parks as multipolygon relations), a shapefile, CSV points, PLY and a captions JSON, so every reader
+runs offline and the ground truth (true building heights, what each image shows) is known.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def make_city(blocks_x: int = 6, blocks_y: int = 6, block_m: float = 120.0, seed
             x0, y0 = ox + i * block_m + inset, oy + j * block_m + inset
             size = block_m - 2 * inset
             r = rng.random()
-            if r < 0.15:
-                add(shapely.box(x0, y0, x0 + size, y0 + size), "park", "park")
+            if r < 0.15:  # a park around a paved plaza: a polygon with a hole
+                plaza = shapely.box(x0 + 0.35 * size, y0 + 0.35 * size, x0 + 0.65 * size, y0 + 0.65 * size)
+                add(shapely.box(x0, y0, x0 + size, y0 + size).difference(plaza), "park", "park")
             elif r < 0.20:
                 c = shapely.Point(x0 + size / 2, y0 + size / 2)
                 add(c.buffer(size * rng.uniform(0.25, 0.45), quad_segs=8), "pond", "water")
@@ -140,14 +143,16 @@ def city_for_features(n: int, seed: int = 0, **kw) -> City:
 
 
 def write_city(city: City, out_dir: str | Path) -> dict[str, Path]:
-    """Write the city as city.geojson, city.osm, buildings.shp (+.dbf/.shx/.prj), pois.csv, city.ply, truth.json."""
+    """Write the city as city.geojson, city.osm, buildings.shp (+.dbf/.shx/.prj), pois.csv, city.ply,
+    captions.json and truth.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = city.scene
     feats = [{"type": "Feature", "id": i, "geometry": shapely.geometry.mapping(g),
               "properties": {"name": n, "fclass": c}} for i, (g, n, c) in enumerate(zip(s.geoms, s.names, s.fclass))]
     paths = {"geojson": out / "city.geojson", "osm": out / "city.osm", "shp": out / "buildings.shp",
-             "csv": out / "pois.csv", "ply": out / "city.ply", "truth": out / "truth.json"}
+             "csv": out / "pois.csv", "ply": out / "city.ply", "captions": out / "captions.json",
+             "truth": out / "truth.json"}
     paths["geojson"].write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     _write_osm(s, paths["osm"])
     _write_shapefile(s, paths["shp"])
@@ -157,14 +162,43 @@ def write_city(city: City, out_dir: str | Path) -> dict[str, Path]:
             if g.geom_type == "Point":
                 fh.write(f"{g.x:.8f},{g.y:.8f},{n},{c}\n")
     write_ply(paths["ply"], s.cloud if s.cloud is not None else np.zeros((0, 3)))
+    captions, shows = _captions(city)
+    paths["captions"].write_text(json.dumps(captions, indent=0))
     paths["truth"].write_text(json.dumps({"crs": city.crs.to_string(), "heights": {
-        s.names[i]: h for i, h in city.heights.items()}}))
+        s.names[i]: h for i, h in city.heights.items()}, "captions": shows}))
     return paths
+
+
+_FACADES = ("red brick", "grey concrete", "glass and steel", "white stone", "yellow plaster")
+
+
+def _captions(city: City) -> tuple[list[dict], dict[str, str]]:
+    """Caption records as a captioner would give them, and which feature each image truly shows.
+
+    Each building is photographed from 2 m south of its footprint looking north (camera position and
+    heading only, as from a street-level image's metadata); each park's caption names the park.
+    """
+    s = city.scene
+    out, shows = [], {}
+    for i, (g, name, cls) in enumerate(zip(s.geoms, s.names, s.fclass)):
+        if cls == "building":
+            x0, y0, x1, _ = g.bounds
+            img = f"img_{len(out):05d}.jpg"
+            floors = max(1, round(city.heights[i] / 3.2))
+            out.append({"image": img, "lon": round((x0 + x1) / 2, 8), "lat": round(y0 - 2.0 / 111_320, 8),
+                        "heading": 0.0, "caption": f"a {_FACADES[i % len(_FACADES)]} building of about {floors} "
+                                                   "storeys with a flat roof"})
+            shows[img] = name
+        elif cls == "park":
+            img = f"img_{len(out):05d}.jpg"
+            out.append({"image": img, "feature": name, "caption": "lawns and trees around a paved central plaza"})
+            shows[img] = name
+    return out, shows
 
 
 def _write_osm(s: Scene, path: Path) -> None:
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', '<osm version="0.6" generator="duomind">']
-    ways = []
+    ways, relations = [], []
     nid = 0
     for k, (g, name, cls) in enumerate(zip(s.geoms, s.names, s.fclass)):
         tags = f'<tag k="name" v={quoteattr(name)}/><tag k="{OSM_KEY.get(cls, "amenity")}" v={quoteattr(cls)}/>'
@@ -174,17 +208,40 @@ def _write_osm(s: Scene, path: Path) -> None:
             nid += 1
             lines.append(f'<node id="{nid}" lat="{g.y:.9f}" lon="{g.x:.9f}">{tags}</node>')
             continue
-        coords = list(g.exterior.coords) if g.geom_type == "Polygon" else list(g.coords)
-        refs = []
-        closed = g.geom_type == "Polygon"
-        for x, y in coords[:-1] if closed else coords:
-            nid += 1
-            lines.append(f'<node id="{nid}" lat="{y:.9f}" lon="{x:.9f}"/>')
-            refs.append(nid)
-        if closed:
-            refs.append(refs[0])
+        if g.geom_type == "Polygon" and g.interiors:
+            # a multipolygon relation, tags on the relation; the outer ring is split over two ways, as
+            # mappers often do, so a reader must join the pieces into a ring
+            members = []
+            for role, ring in (("outer", g.exterior), *(("inner", r) for r in g.interiors)):
+                nid, refs = _ring_nodes(ring, nid, lines)
+                pieces = [refs[:len(refs) // 2 + 1], refs[len(refs) // 2:]] if role == "outer" else [refs]
+                for piece in pieces:
+                    wid = 10**9 + len(relations) * 10 + len(members)
+                    ways.append(f'<way id="{wid}">' + "".join(f'<nd ref="{r}"/>' for r in piece) + "</way>")
+                    members.append(f'<member type="way" ref="{wid}" role="{role}"/>')
+            relations.append(f'<relation id="{k + 1}">' + "".join(members) + '<tag k="type" v="multipolygon"/>'
+                             + tags + "</relation>")
+            continue
+        if g.geom_type == "Polygon":
+            nid, refs = _ring_nodes(g.exterior, nid, lines)
+        else:
+            refs = []
+            for x, y in g.coords:
+                nid += 1
+                lines.append(f'<node id="{nid}" lat="{y:.9f}" lon="{x:.9f}"/>')
+                refs.append(nid)
         ways.append(f'<way id="{k + 1}">' + "".join(f'<nd ref="{r}"/>' for r in refs) + tags + "</way>")
-    Path(path).write_text("\n".join(lines + ways + ["</osm>"]))
+    Path(path).write_text("\n".join(lines + ways + relations + ["</osm>"]))
+
+
+def _ring_nodes(ring, nid: int, lines: list[str]) -> tuple[int, list[int]]:
+    """Write a closed ring's nodes; returns the last node id used and the ring's refs (first repeated last)."""
+    refs = []
+    for x, y in list(ring.coords)[:-1]:
+        nid += 1
+        lines.append(f'<node id="{nid}" lat="{y:.9f}" lon="{x:.9f}"/>')
+        refs.append(nid)
+    return nid, refs + refs[:1]
 
 
 def _write_shapefile(s: Scene, path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 def describe_cli(inputs: str | list[str], out: str = "ssd.json", cloud: str | None = None, crs: str | None = None, cloud_crs: str | None = None,
                  control: str | None = None, max_relations: int = 5, topology_m: float = 50.0,
                  text: str | None = None, budget: int = 2000, plot: str | None = None,
-                 synthetic: bool = False, workers: int = 1) -> dict:
+                 synthetic: bool = False, workers: int = 1, captions: str | None = None) -> dict:
     """Build the structured scene description (SSD JSON) of urban data (SpatialLLM, arXiv 2505.12703).
 
     Args:
@@ -20,13 +20,15 @@ def describe_cli(inputs: str | list[str], out: str = "ssd.json", cloud: str | No
         crs: CRS of vector inputs that name none (e.g. EPSG:3857); default lon/lat.
         cloud_crs: CRS of the point cloud's x, y; default the scene's UTM zone.
         control: CSV of control points `cloud_x,cloud_y,map_x,map_y` (map in the scene's UTM) to align the cloud.
+        captions: Image captions (JSON list or CSV: `caption` plus `feature`, or camera `lon`, `lat`
+            [`heading`, `fov`]) to attach to the features they show as `image_caption`.
         max_relations: "3D Spatial" relations per feature.
         topology_m: Buffer of the topology lists in metres.
         text: Also write the compact text rendering here.
         budget: Token budget of the text rendering.
         plot: Also write a PNG map of the features and relations here.
-        synthetic: Write a synthetic city (GeoJSON, .osm, .shp, .csv, .ply) into the directory given as
-            `inputs` and describe it.
+        synthetic: Write a synthetic city (GeoJSON, .osm, .shp, .csv, .ply, captions) into the directory
+            given as `inputs` and describe it.
         workers: Threads for the description's independent stages (2 on an otherwise idle 2-core machine).
     """
     import numpy as np
@@ -43,6 +45,7 @@ def describe_cli(inputs: str | list[str], out: str = "ssd.json", cloud: str | No
         paths = write_city(make_city(), target)
         inputs = [str(paths["geojson"]), str(paths["ply"])]
         cloud_crs = cloud_crs or json.loads(paths["truth"].read_text())["crs"]
+        captions = captions or str(paths["captions"])
         print(f"wrote a synthetic city to {target}: {', '.join(p.name for p in paths.values())}")
     if cloud:
         inputs.append(cloud)
@@ -55,8 +58,13 @@ def describe_cli(inputs: str | list[str], out: str = "ssd.json", cloud: str | No
         if pts.shape[1] != 4:
             raise ValueError(f"{control}: control points need 4 columns cloud_x,cloud_y,map_x,map_y; got {pts.shape[1]}.")
         ctrl = (pts[:, :2], pts[:, 2:])
+    caps = None
+    if captions:
+        from duomind.apps.spatial.captions import read_captions
+
+        caps = read_captions(captions)
     desc = ssd.describe(scene, max_relations=max_relations, topology_m=topology_m, cloud_control=ctrl,
-                          workers=workers)
+                        workers=workers, captions=caps)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(desc, ensure_ascii=False))
     st = desc["stats"]["features"]

@@ -23,7 +23,11 @@ LETTERS = "ABCD"
 
 @dataclass
 class Question:
-    """A multiple-choice question: text, four options, the correct letter, and the ids it concerns."""
+    """A multiple-choice question: text, four options, the correct letter, and the ids it concerns.
+
+    `entities` lists the features the question names, then those of the options in option order (A first),
+    so a rendering that puts them first reveals nothing about which option is right.
+    """
 
     id: str
     category: str
@@ -100,8 +104,9 @@ def generate(ssd: dict, per_category: int = 20, seed: int = 0) -> list[Question]
         wrong = rng.sample(others, 3)
         truth = byid[near["target"]]
         options, ans = _mc(rng, truth["name"], [w["name"] for w in wrong])
+        ids = {p["name"]: p["id"] for p in (truth, *wrong)}
         out.append(Question(qid(), "poi", f"Which POI is closest to {f['name']}?", options, ans,
-                            [f["id"], truth["id"], *(w["id"] for w in wrong)]))
+                            [f["id"], *(ids[o] for o in options)]))
     # route: fewest streets between the roads nearest two POIs
     g = street_graph(ssd)
     roads = set(g)
@@ -119,8 +124,9 @@ def generate(ssd: dict, per_category: int = 20, seed: int = 0) -> list[Question]
         if len(wrong) < 3:
             continue
         name = {i: byid[i]["name"] for i in g}
+        routes = {" -> ".join(name[i] for i in r): r for r in (path, *wrong)}
         options, ans = _mc(rng, " -> ".join(name[i] for i in path), [" -> ".join(name[i] for i in w) for w in wrong])
-        ents = list(dict.fromkeys([a["id"], b["id"], *path, *(i for w in wrong for i in w)]))
+        ents = list(dict.fromkeys([a["id"], b["id"], *(i for o in options for i in routes[o])]))
         text = (f"Which route from {a['name']} to {b['name']} uses the fewest streets, starting on the street "
                 f"nearest {a['name']} and ending on the street nearest {b['name']}?")
         out.append(Question(qid(), "route", text, options, ans, ents))
@@ -132,8 +138,9 @@ def generate(ssd: dict, per_category: int = 20, seed: int = 0) -> list[Question]
         if len(others) < 3:
             continue
         options, ans = _mc(rng, f["name"], [o["name"] for o in others])
+        ids = {o["name"]: o["id"] for o in (f, *others)}
         text = f"Which feature is centred at ({f['center'][0]:.6f}, {f['center'][1]:.6f})?"
-        out.append(Question(qid(), "grounding", text, options, ans, [f["id"], *(o["id"] for o in others)]))
+        out.append(Question(qid(), "grounding", text, options, ans, [ids[o] for o in options]))
     return out
 
 

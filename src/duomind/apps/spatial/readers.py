@@ -157,11 +157,14 @@ def read_geojson(path: str | Path, crs=None) -> Scene:
 
 
 def read_osm(path: str | Path) -> Scene:
-    """OpenStreetMap XML: tagged nodes become points, ways lines or (closed, area-tagged) polygons."""
+    """OpenStreetMap XML: tagged nodes become points, ways lines or (closed, area-tagged) polygons, and
+    multipolygon relations polygons with holes (outer rings minus inner rings, each ring possibly split
+    over several ways)."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty; export an area from OpenStreetMap as .osm XML.")
     nodes: dict[str, tuple[float, float]] = {}
+    ways: dict[str, list[tuple[float, float]]] = {}  # every way's coordinates, for the relations that use them
     scene = Scene()
     try:
         for _, el in ET.iterparse(path, events=("end",)):
@@ -176,20 +179,54 @@ def read_osm(path: str | Path) -> Scene:
                 refs = [nd.get("ref") for nd in el.findall("nd")]
                 tags = {t.get("k"): t.get("v") for t in el.findall("tag")}
                 missing = [r for r in refs if r not in nodes]
+                if not missing and len(refs) >= 2:
+                    ways[el.get("id")] = [nodes[r] for r in refs]
                 if missing or len(refs) < 2 or not tags:
                     if missing:
                         log.warning("%s: way %s references %d missing nodes; skipped", path, el.get("id"), len(missing))
                     el.clear()
                     continue
-                coords = [nodes[r] for r in refs]
+                coords = ways[el.get("id")]
                 closed = refs[0] == refs[-1] and len(refs) >= 4
                 area = closed and (tags.get("area") == "yes" or bool(AREA_KEYS & tags.keys()))
                 g = shapely.Polygon(coords) if area else shapely.LineString(coords)
                 scene.add(g, _name(tags), _fclass(tags), tags)
                 el.clear()
+            elif el.tag == "relation":
+                tags = {t.get("k"): t.get("v") for t in el.findall("tag")}
+                if tags.get("type") in ("multipolygon", "boundary"):
+                    g = _multipolygon(el, ways, path)
+                    if g is not None:
+                        scene.add(g, _name(tags), _fclass(tags), tags)
+                el.clear()
     except ET.ParseError as err:
         raise ValueError(f"{path}: not well-formed OSM XML ({err}).") from err
     return clean(scene, path)
+
+
+def _multipolygon(rel, ways: dict, path: Path):
+    """A multipolygon relation's geometry: rings formed from its outer ways (role outer or empty) minus those
+    formed from its inner ways; None (with a warning) when no closed outer ring can be formed."""
+    rings: dict[str, list] = {"outer": [], "inner": []}
+    missing = 0
+    for m in rel.findall("member"):
+        if m.get("type") != "way":
+            continue
+        coords = ways.get(m.get("ref"))
+        if coords is None:
+            missing += 1
+            continue
+        rings["inner" if m.get("role") == "inner" else "outer"].append(shapely.LineString(coords))
+    if missing:
+        warnings.warn(f"{path}: relation {rel.get('id')} lacks {missing} member ways (a clipped extract?); "
+                      "built from the members present", stacklevel=3)
+    # polygonize joins ways that share end nodes into rings: a ring may be split over several ways
+    outer = shapely.union_all(shapely.get_parts(shapely.polygonize(rings["outer"])))
+    if outer.is_empty:
+        warnings.warn(f"{path}: relation {rel.get('id')} has no closed outer ring; skipped", stacklevel=3)
+        return None
+    inner = shapely.union_all(shapely.get_parts(shapely.polygonize(rings["inner"])))
+    return outer.difference(inner) if not inner.is_empty else outer
 
 
 def read_shapefile(path: str | Path, crs=None) -> Scene:
@@ -293,6 +330,29 @@ def write_ply(path: str | Path, xyz: np.ndarray) -> None:
     Path(path).write_bytes(head + xyz.tobytes())
 
 
+def read_las(path: str | Path) -> tuple[np.ndarray, object]:
+    """x, y, z (scaled and offset) of an ASPRS LAS point cloud, and the CRS its header names (or None)."""
+    try:
+        import laspy
+    except ImportError as err:
+        raise ValueError(f"{path}: reading .las needs laspy (pip install 'duomind[spatial]'); or convert to .ply.") from err
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path}: the point cloud file is empty.")
+    try:
+        las = laspy.read(str(path))
+    except laspy.errors.LaspyException as err:
+        hint = " (.laz needs a LAZ backend: pip install lazrs)" if str(path).lower().endswith(".laz") else ""
+        raise ValueError(f"{path}: unreadable LAS file ({err}){hint}.") from err
+    if len(las.points) == 0:
+        raise ValueError(f"{path}: the point cloud has no points.")
+    try:
+        crs = las.header.parse_crs()
+    except Exception as err:  # a malformed CRS record should not cost the points: the user can name it
+        warnings.warn(f"{path}: the CRS record of the header is unreadable ({err}); pass --cloud_crs", stacklevel=2)
+        crs = None
+    return np.column_stack([las.x, las.y, las.z]).astype(float), crs
+
+
 def read_cloud(path: str | Path) -> np.ndarray:
     """A point cloud (.ply, .txt/.xyz/.csv with x y z as first columns, .las/.laz with laspy) as (N, 3)."""
     path = Path(path)
@@ -302,12 +362,7 @@ def read_cloud(path: str | Path) -> np.ndarray:
     if suffix == ".ply":
         return read_ply(path)
     if suffix in (".las", ".laz"):
-        try:
-            import laspy
-        except ImportError as err:
-            raise ValueError(f"{path}: reading .las needs laspy (`pip install laspy`); or convert to .ply.") from err
-        las = laspy.read(str(path))
-        return np.column_stack([las.x, las.y, las.z]).astype(float)
+        return read_las(path)[0]
     text = path.read_text()
     delim = "," if "," in text.split("\n", 1)[0] else None
     try:
@@ -331,9 +386,18 @@ def read(paths: list[str | Path], crs=None, cloud_crs=None) -> Scene:
             raise FileNotFoundError(f"input {str(p)!r} does not exist.")
         suffix = p.suffix.lower()
         if suffix in CLOUD:
-            pts = read_cloud(p)
+            own = None
+            if suffix in (".las", ".laz"):
+                pts, own = read_las(p)  # a LAS header may name its CRS; --cloud_crs overrides it
+            else:
+                pts = read_cloud(p)
+            crs_here = geo.parse_crs(cloud_crs) if cloud_crs is not None else own
+            if scene.cloud is not None and crs_here != scene.cloud_crs:
+                raise ValueError(f"{p}: this point cloud's CRS ({getattr(crs_here, 'name', None)}) differs from the "
+                                 f"previous cloud's ({getattr(scene.cloud_crs, 'name', None)}); reproject the clouds "
+                                 "to one CRS (e.g. with PDAL) or describe them separately.")
             scene.cloud = pts if scene.cloud is None else np.vstack([scene.cloud, pts])
-            scene.cloud_crs = geo.parse_crs(cloud_crs)
+            scene.cloud_crs = crs_here
         elif suffix in VECTOR:
             reader = VECTOR[suffix]
             scene.extend(reader(p) if suffix == ".osm" else reader(p, crs=crs))

@@ -6,7 +6,7 @@ stats block always comes first and a closing line reports what was left out.
 
 Line format (one feature per line; a rule-based reader in `questions.py` parses it):
     [A4] Jade Hall 16 (building) area=1208m2 h=79.6m @114.360351,30.541361 | rel: P3 E 37m, A5 E 48m |
-    near: L7 15m, P3 16m | 50m: roads L1 L7; pois P3; buildings A3 A5
+    near: L7 15m, P3 16m | img: red brick building, about 27 storeys | 50m: roads L1 L7; pois P3; buildings A3 A5
 Relations read "target bearing distance": the target lies in that direction from this feature.
 """
 
@@ -63,6 +63,8 @@ def feature_line(f: dict) -> str:
         parts.append("rel: " + ", ".join(f"{r['target']} {r['bearing']} {_m(r['distance_m'])}" for r in f["relations"]))
     if f.get("landmarks"):
         parts.append("near: " + ", ".join(f"{r['target']} {_m(r['distance_m'])}" for r in f["landmarks"]))
+    if f.get("image_caption"):
+        parts.append("img: " + "; ".join(f["image_caption"]))
     if f.get("topology"):
         parts.append("50m: " + "; ".join(f"{k} {' '.join(v['ids'])}" + (f" (+{v['count'] - len(v['ids'])})"
                                                                           if v["count"] > len(v["ids"]) else "")

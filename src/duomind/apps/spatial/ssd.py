@@ -7,7 +7,8 @@ Steps (`describe`):
 4. "3D Spatial" relations: up to `max_relations` nearest features (centroid to centroid, from a spatial
    index), each an 8-way bearing of the target seen from the feature and the geodesic distance.
 5. Landmarks (the nearest POI and line with distances) and topology (roads, POIs, buildings within
-   `topology_m` of the geometry); road lines list the roads they connect to.
+   `topology_m` of the geometry); road lines list the roads they connect to; image captions attached to
+   the features they show (`captions.py`).
 6. Scene statistics an LLM cannot compute from a list: land-use shares, POI density per category, road
    length, intersections and connectivity of the road graph (networkx), green and water coverage.
 """
@@ -107,7 +108,8 @@ def road_graph(road_metric: list) -> nx.Graph:
 
 def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 400.0, topology_m: float = 50.0,
              landmark_m: float = 150.0, max_landmarks: int = 3, max_topology: int = 5,
-             cloud_control: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1) -> dict:
+             cloud_control: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1,
+             captions: list[dict] | None = None, caption_m: float = 60.0) -> dict:
     """Build the SSD of a scene (see the module docstring for the steps).
 
     Args:
@@ -120,6 +122,8 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         max_topology: Ids listed per topology category (the count is always exact).
         cloud_control: (cloud_xy, map_xy) control points to align the cloud to the map by an affine fit.
         workers: Threads for the independent stages (GEOS releases the GIL; 1 where other jobs share the cores).
+        captions: Image caption records (`captions.read_captions`) to attach as `image_caption`.
+        caption_m: Farthest a camera may stand from the feature its caption is attached to.
 
     Returns:
         {"crs", "polygons", "lines", "points", "stats"}; every feature has id, name, fclass, center,
@@ -250,6 +254,12 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         connects = jobs['connects'].result()
         graph = jobs['roads'].result()
 
+    shown, unmatched = {}, []
+    if captions:
+        from duomind.apps.spatial.captions import match
+
+        shown, unmatched = match(captions, names, ids, kinds, metric, crs, max_m=caption_m)
+
     out: dict = {"crs": crs.to_string(), "polygons": [], "lines": [], "points": []}
     # round once, vectorised, then plain Python lists: the per-feature loop must stay cheap at 100k features
     lon_r, lat_r = np.round(lon, 6).tolist(), np.round(lat, 6).tolist()
@@ -278,6 +288,8 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
                 f["connects"] = [ids[j] for j in sorted(set(connects[i]))]
         else:
             f["coordinates"] = f["center"]
+        if i in shown:
+            f["image_caption"] = shown[i]
         sl = rel_groups[i]
         f["relations"] = [{"target": rel_t[j], "bearing": rel_b[j], "distance_m": rel_d[j]}
                           for j in range(sl.start, sl.stop)]
@@ -296,6 +308,9 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
                 f["topology"] = topo
         out[SECTIONS[k]].append(f)
     out["stats"] = _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights, graph)
+    if captions:
+        out["stats"]["image_captions"] = {"given": len(captions), "attached": len(captions) - len(unmatched),
+                                          "features_with_captions": len(shown), "unmatched": len(unmatched)}
     return out
 
 

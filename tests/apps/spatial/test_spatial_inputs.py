@@ -208,3 +208,13 @@ def test_a_geojson_in_an_unknown_crs_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown CRS"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         readers.read([path])
+
+
+@pytest.mark.parametrize("n", [300, 777])
+def test_city_for_features_has_exactly_n_unique_features(n):
+    from duomind.apps.spatial.city import city_for_features
+
+    city = city_for_features(n, seed=2, cloud_points_per_building=4)
+    assert len(city.scene) == n and len(set(city.scene.names)) == n
+    with pytest.raises(ValueError, match="fewer than the smallest city"):
+        city_for_features(3)

@@ -137,9 +137,22 @@ def _building_cloud(fp, height: float, n: int, rng) -> np.ndarray:
 
 
 def city_for_features(n: int, seed: int = 0, **kw) -> City:
-    """A square city with about n features (about 4 features per block and 2 streets per row of blocks)."""
-    side = max(2, round(math.sqrt(n / 3.95)))
-    return make_city(side, side, seed=seed, **kw)
+    """A square city with exactly n features: the largest grid of blocks (about 3.7 features per block)
+    holding at most n, topped up with POIs at random places in it."""
+    side = max(2, round(math.sqrt(n / 3.75)))
+    city = make_city(side, side, seed=seed, **kw)
+    while len(city.scene) > n and side > 2:
+        side -= 1
+        city = make_city(side, side, seed=seed, **kw)
+    if len(city.scene) > n:
+        raise ValueError(f"n={n} features is fewer than the smallest city holds ({len(city.scene)}).")
+    s = city.scene
+    rng = np.random.default_rng(seed + 1)
+    x0, y0, x1, y1 = shapely.total_bounds(np.array(s.geoms, dtype=object))
+    for k in range(len(s), n):
+        cls = POI_CLASSES[int(rng.integers(len(POI_CLASSES)))]
+        s.add(shapely.Point(rng.uniform(x0, x1), rng.uniform(y0, y1)), _name(cls, k + 1), cls)
+    return city
 
 
 def write_city(city: City, out_dir: str | Path) -> dict[str, Path]:

@@ -14,17 +14,26 @@ import sys
 
 # "verb [sub-verb]" -> ("module:function", one-line description). Keep sorted by verb.
 VERBS: dict[str, tuple[str, str]] = {
+    "chat": ("duomind.serve.cli:chat_cli", "Chat with a model in the terminal: streaming, thinking dimmed, /fast /slow /auto."),
     "convert": ("duomind.convert:convert_cli", "Convert a Hugging Face checkpoint to DuoMind or back (direction from SRC)."),
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
     "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
     "distill": ("duomind.distill.cli:distill_cli", "Iterative distillation: teacher sampling, verification, difficulty-balanced SFT, merging."),
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
+    "med eval": ("duomind.apps.medical.cli:eval_cli", "Evaluate a VLM on medical multi-image QA / hallucination data: accuracy, judge rubric, ROUGE-L, BLEU."),
+    "med synth": ("duomind.apps.medical.cli:synth_cli", "Write procedural medical scans with exact-answer questions (Med-MIM + MedHallTune formats)."),
+    "med train": ("duomind.apps.medical.train:train_cli", "Train the small multi-image VLM (caption pre-alignment, instruction tuning; full or LoRA)."),
+    "med validate": ("duomind.apps.medical.data:validate_cli", "List every problem of Med-MIM / MedHallTune / TSV data (missing images, placeholder counts)."),
     "merge": ("duomind.merge:merge_cli", "Merge checkpoints (linear, task arithmetic, TIES, DARE, SLERP, Model Stock) from a YAML config."),
     "moe stats": ("duomind.moe_cli:stats_cli", "Per-layer expert and device loads and imbalance score (IS) of a MoE checkpoint; heat-map PNG."),
     "moe upcycle": ("duomind.moe_cli:upcycle_cli", "Turn a dense checkpoint into a MoE or MoGE one (experts copied from the MLP)."),
     "reasoner train": ("duomind.reasoner.dual:train_cli", "Dual-system training: fast + slow SFT, auto labels from the model's own pass rate, fusion SFT."),
+    "prune": ("duomind.prune.cli:prune_cli", "Prune a checkpoint (Pangu Light: CLAP, SLNP, post-norm absorption; minitron, shortgpt)."),
+    "prune plan": ("duomind.prune.cli:plan_cli", "Print a pruning plan: sizes and parameter counts per part, before any work."),
+    "prune recover": ("duomind.prune.cli:recover_cli", "Recover a pruned model by KD from its unpruned source (the trainer, mode kd)."),
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
     "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
+    "serve": ("duomind.serve.cli:serve_cli", "Serve a model over an OpenAI-compatible API (continuous batching, fast/slow/auto)."),
     "sim calibrate": ("duomind.sim.cli:calibrate", "Measure this machine into the simulator's `local` hardware profile."),
     "sim infer": ("duomind.sim.cli:infer", "Simulate serving a model: TTFT, decode step, tokens/s, memory per device."),
     "sim search": ("duomind.sim.cli:search", "Search model shapes x parallel plans; print and plot the throughput-vs-size front."),
@@ -32,9 +41,14 @@ VERBS: dict[str, tuple[str, str]] = {
     "spatial ask": ("duomind.apps.spatial.cli:ask_cli", "Ask an LLM (local DuoMind or OpenAI-compatible) about a scene description."),
     "spatial bench": ("duomind.apps.spatial.cli:bench_cli", "Generate perception questions with exact answers from an SSD, ask a backend, score."),
     "spatial describe": ("duomind.apps.spatial.cli:describe_cli", "Structured scene description (JSON) from GeoJSON, OSM, shapefiles, CSV, point clouds."),
+    "speculate bench": ("duomind.generate.speculate_cli:bench_cli", "Compare speculative decoders (FIRP, Medusa heads, prompt lookup, draft model): tokens/s, acceptance."),
+    "speculate train": ("duomind.generate.speculate_cli:train_cli", "Train FIRP predictors or Medusa-style heads for a checkpoint (base model frozen)."),
     "tokenizer train": ("duomind.tokenizer:train_cli", "Train a byte-level BPE tokenizer with chat template and reasoning tokens."),
     "train": ("duomind.train.cli:train_cli", "Pre-train, fine-tune (SFT) or distil (KD) a model from a recipe."),
 }
+
+# Verbs whose first argument may be given without its flag although it has a default (`duomind serve CKPT`).
+OPTIONAL_POSITIONAL = {"chat": "checkpoint", "serve": "checkpoint"}
 
 
 def _groups() -> dict[str, list[str]]:
@@ -81,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     verb, rest = _resolve(argv)
+    if verb in OPTIONAL_POSITIONAL and rest and not rest[0].startswith("-"):
+        rest = [f"--{OPTIONAL_POSITIONAL[verb]}", *rest]
     target, doc = VERBS[verb]
     module, _, func = target.partition(":")
     fn = getattr(importlib.import_module(module), func)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
+
 import torch
 
 from duomind.config import ModelConfig
@@ -33,3 +38,43 @@ def map_model(vocab: int, table: dict[int, list[int]]) -> DuoMind:
             for rank, nxt in enumerate(prefs):
                 model.lm_head.weight[nxt, cur] = 10.0 - rank
     return model
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint, *args: str, timeout: float = 60.0):
+    """`duomind serve CHECKPOINT` in a subprocess on a free port; yields its base URL, stops it after."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "duomind.cli", "serve", str(checkpoint), "--port", str(port), "--threads", "1",
+           "--model_name", "tiny", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stdout.read()}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not come up")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -34,6 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "reward score": ("duomind.rewards.cli:score", "Score reward records (JSONL) with MARS: math, code in a sandbox, LLM judge, format."),
     "reward serve": ("duomind.rewards.cli:serve", "Serve MARS reward scoring over HTTP for remote RL workers."),
     "serve": ("duomind.serve.cli:serve_cli", "Serve a model over an OpenAI-compatible API (continuous batching, fast/slow/auto)."),
+    "rl": ("duomind.rl.cli:rl_cli", "RL (GRPO) with MARS rewards and a stale-synchronous scheduler on Ray."),
     "sim calibrate": ("duomind.sim.cli:calibrate", "Measure this machine into the simulator's `local` hardware profile."),
     "sim infer": ("duomind.sim.cli:infer", "Simulate serving a model: TTFT, decode step, tokens/s, memory per device."),
     "sim search": ("duomind.sim.cli:search", "Search model shapes x parallel plans; print and plot the throughput-vs-size front."),

@@ -151,7 +151,7 @@ def chat_session(engine, lines: Iterable[str], console, mode: str = "slow", max_
                 break
         console.print()
         note = "error: " + d.error if d.finish_reason == "error" else f"{d.mode or 'plain'} · {d.completion_tokens} tokens"
-        console.print(f"[dim]({note})[/dim]")
+        console.print(f"[dim]({note})[/dim]", highlight=False)
         history = messages + [{"role": "assistant", "content": "".join(answer)}]
     return history
 

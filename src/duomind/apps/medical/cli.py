@@ -25,13 +25,13 @@ def synth_cli(out: str, n_per_ability: int = 100, seed: int = 0, image_size: int
         print(f"{name}: {p}")
 
 
-def eval_cli(data: str | list[str], model: str, out: str = "med-eval", judge: str = "none",
+def eval_cli(data: str | list[str], model: str = "", out: str = "med-eval", judge: str = "none",
              judge_model: str = "judge", api_model: str = "default", api_key_env: str = "OPENAI_API_KEY",
              max_new_tokens: int = 48, timeout_s: float = 60.0, limit: int = 0, skip_invalid: bool = False) -> dict:
     """Evaluate a VLM: accuracy per ability, false-premise rejection, ROUGE-L/BLEU, judge rubric; report + plot.
 
     Args:
-        data: Med-MIM .json, MedHallTune .jsonl or VLMEvalKit .tsv file(s).
+        data: Med-MIM .json, MedHallTune .jsonl or VLMEvalKit .tsv file(s): one path, or several joined by commas.
         model: A DuoMind VLM run/checkpoint (`duomind med train`), a local Hugging Face image-text-to-text
             model directory, or the base URL of an OpenAI-compatible API (http://host:port/v1).
         out: Report directory (report.json, report.md, report.png, predictions per input file).
@@ -46,10 +46,13 @@ def eval_cli(data: str | list[str], model: str, out: str = "med-eval", judge: st
             instead of refusing the data.
     """
     from duomind.apps.medical.backends import make_backend
-    from duomind.apps.medical.data import DataProblems, load, write_predictions
+    from duomind.apps.medical.data import DataProblems, load, split_paths, write_predictions
     from duomind.apps.medical.eval import evaluate, make_judge, markdown, write_report
 
-    paths = [data] if isinstance(data, str) else list(data)
+    if not model:
+        raise ValueError("no model: pass --model RUN_DIR (from `duomind med train`), a local Hugging Face model "
+                         "directory, or --model http://host:port/v1 for an OpenAI-compatible API.")
+    paths = split_paths(data)
     per_file = []
     for p in paths:
         items, problems = load(p)

@@ -250,13 +250,19 @@ def load_items(path: str | Path) -> list[Item]:
     return items
 
 
+def split_paths(data: str | list[str]) -> list[str]:
+    """File arguments: one path, several joined by commas (a.json,b.jsonl), or a list."""
+    return [p for d in ([data] if isinstance(data, str) else data) for p in str(d).split(",") if p]
+
+
 def validate_cli(data: str | list[str]) -> None:
     """List every problem of Med-MIM JSON, MedHallTune JSONL or VLMEvalKit TSV files; exit 1 if there is one.
 
     Args:
-        data: Data file(s) to check (images are opened, placeholders counted).
+        data: Data file(s) to check (images are opened, placeholders counted): one path, or several joined by
+            commas (a.json,b.jsonl).
     """
-    paths = [data] if isinstance(data, str) else data
+    paths = split_paths(data)
     total = 0
     for p in paths:
         items, problems = load(p)

@@ -25,7 +25,8 @@ class MedTrainConfig:
     """`duomind med train`: the VLM training recipe.
 
     Args:
-        data: Training data file(s): Med-MIM .json, MedHallTune .jsonl or VLMEvalKit .tsv.
+        data: Training data file(s): Med-MIM .json, MedHallTune .jsonl or VLMEvalKit .tsv (a list, or paths
+            joined by commas).
         out_dir: Run directory (checkpoints step-XXXXXX, latest, metrics.jsonl, loss.png).
         init_from: A VLM checkpoint to start from (e.g. the caption-aligned run); empty = a fresh model.
         tokenizer: Tokenizer directory for a fresh model; empty = train a BPE over the data (saved in the run).
@@ -53,7 +54,7 @@ class MedTrainConfig:
         progress: Show the progress bar.
     """
 
-    data: list[str] = field(default_factory=list)
+    data: str | list[str] = ""
     out_dir: str = "runs/med-vlm"
     init_from: str = ""
     tokenizer: str = ""
@@ -116,7 +117,7 @@ def _fresh_model(cfg: MedTrainConfig, items):
 
 def train_vlm(cfg: MedTrainConfig) -> Path:
     """Run (or resume) one training stage; returns the final checkpoint directory."""
-    from duomind.apps.medical.data import load_items
+    from duomind.apps.medical.data import load_items, split_paths
     from duomind.apps.medical.model import add_lora, build_from_config, collate, load_vlm, read_config
     from duomind.progress import progress_bar
     from duomind.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
@@ -126,7 +127,7 @@ def train_vlm(cfg: MedTrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    paths = [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
+    paths = split_paths(cfg.data)
     if not paths:
         raise ValueError("no training data: pass --data FILE (make some with `duomind med synth OUT`).")
     items = [it for p in paths for it in load_items(p)]

@@ -14,6 +14,10 @@ import sys
 
 # "verb [sub-verb]" -> ("module:function", one-line description). Keep sorted by verb.
 VERBS: dict[str, tuple[str, str]] = {
+    "asr export": ("duomind.apps.asr.cli:export_cli", "Export the ASR model to ONNX (encoder+CTC, decoder) with an onnxruntime parity check."),
+    "asr synth": ("duomind.apps.asr.cli:synth_cli", "Write a multilingual synthetic speech corpus (espeak-ng) with held-out speakers."),
+    "asr train": ("duomind.apps.asr.train:train_cli", "Train the Dolphin-style ASR model (joint CTC-attention) from JSONL manifests."),
+    "asr transcribe": ("duomind.apps.asr.cli:transcribe_cli", "Transcribe audio: segments with language and region; txt, json, srt, vtt."),
     "chat": ("duomind.serve.cli:chat_cli", "Chat with a model in the terminal: streaming, thinking dimmed, /fast /slow /auto."),
     "convert": ("duomind.convert:convert_cli", "Convert a Hugging Face checkpoint to DuoMind or back (direction from SRC)."),
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),

@@ -334,7 +334,7 @@ class TrainConfig:
     Attributes:
         out_dir: Run directory: checkpoints, metrics.jsonl, loss.png. An existing run there is resumed.
         mode: "pretrain" (text), "sft" (chat records, loss on assistant tokens) or "kd" (SFT data plus
-            forward KL to a teacher's logits).
+            forward KL to a teacher's logits; on plain text, packed windows with the KL on every token).
         data: Training data: a .txt file (one document per line) or .jsonl ({"text"} or chat {"messages"}).
         eval_data: Optional held-out data in the same format, for eval loss.
         tokenizer: Tokenizer directory; defaults to the tokenizer saved with `init_from`.

@@ -70,8 +70,9 @@ class Examples:
 
 
 def build_examples(tok, records: list[dict], mode: str, seq_len: int) -> Examples:
-    """Turn records into examples. Pre-training packs all text into seq_len windows; SFT/KD keep one chat each."""
-    if mode == "pretrain":
+    """Turn records into examples. Pre-training packs all text into seq_len windows; SFT/KD keep one chat each.
+    KD on plain text (no chat records) packs windows like pre-training, with the KL on every token."""
+    if mode == "pretrain" or (mode == "kd" and not any("messages" in r for r in records)):
         eos = tok.eos_token_id
         stream: list[int] = []
         texts = [r["text"] if "text" in r else tok.apply_chat_template(r["messages"], tokenize=False) for r in records]

@@ -28,6 +28,8 @@ KEYS = {
                        "moe_vs_moge"],
     "spatial": ["describe_seconds", "answerable_fraction", "accuracy_by_category", "accuracy_with_description",
                 "accuracy_without_description", "finetune"],
+    "medical": ["accuracy_by_ability", "single_image_accuracy_by_ability", "negative_accuracy", "mean_closed_accuracy",
+                "multi_minus_single_by_ability", "min_margin_temporal_comparison", "goals", "setup"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
                 "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
 }
@@ -71,6 +73,10 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert sel["random_equal_size"] == sel["merge_balanced"]
         finals = [acc[v][-1] for v in ("merge_balanced", "no_merge", "random_equal_size")]
         assert result["merge_balanced_at_or_above_others"] == (finals[0] >= max(finals[1:]))
+    if name == "medical":
+        abilities = {"temporal", "reasoning", "comparison", "co-reference"}
+        assert set(result["accuracy_by_ability"]) == set(result["single_image_accuracy_by_ability"]) == abilities
+        assert 0.0 <= result["negative_accuracy"] <= 1.0 and result["failures"] == 0
     if name == "spatial":
         assert result["answerable_fraction"] == 1.0  # the rule reader recovers every answer at the default budget
         assert set(result["accuracy_by_category"]["with_description"]) == {"distance", "direction", "poi", "route",

@@ -22,7 +22,7 @@ import io
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PLACEHOLDER = "<image>"
@@ -45,7 +45,6 @@ class Item:
     caption: str | None = None
     source: str | None = None
     fmt: str = "medmim"  # the format it came from: medmim | medhall | tsv
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,7 @@ class Engine:
         self.lock = threading.Condition()
         self.ids = itertools.count()
         self.steps = 0
+        self.cancelled = 0  # requests dropped because their consumer went away
         self.error: str | None = None
         self._stop = False
         self.thread = threading.Thread(target=self._loop, name="duomind-engine", daemon=True)
@@ -201,7 +202,7 @@ class Engine:
     def stats(self) -> dict:
         with self.lock:
             return {"running": len(self.running), "waiting": len(self.waiting), "max_batch": self.max_batch,
-                    "max_waiting": self.max_waiting, "steps": self.steps, "alive": self.thread.is_alive(),
+                    "max_waiting": self.max_waiting, "steps": self.steps, "cancelled": self.cancelled, "alive": self.thread.is_alive(),
                     "context_len": self.context_len}
 
     def close(self) -> None:
@@ -232,12 +233,16 @@ class Engine:
 
     def step(self) -> None:
         """One engine step: drop cancelled, admit waiting (prefill), decode one token for all running."""
-        self._drop([s for s in self.running if s.handle.cancelled])
+        gone = [s for s in self.running if s.handle.cancelled]
+        self._drop(gone)
         with self.lock:
+            self.cancelled += len(gone)
             admitted = []
             while self.waiting and len(self.running) + len(admitted) < self.max_batch:
                 seq = self.waiting.popleft()
-                if not seq.handle.cancelled:
+                if seq.handle.cancelled:
+                    self.cancelled += 1
+                else:
                     admitted.append(seq)
         for i in range(0, len(admitted), self.prefill_chunk):
             self._prefill(admitted[i:i + self.prefill_chunk])

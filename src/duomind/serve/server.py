@@ -127,6 +127,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
             msg = "the request body is not valid JSON"
         return fail(400, f"{param + ': ' if param else ''}{msg}", param=param)
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, err: RecursionError):
+        return fail(400, "the request body is nested too deeply to parse; send plain JSON objects")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception):
         return fail(500, f"internal error: {type(err).__name__}: {err}")

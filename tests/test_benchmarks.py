@@ -30,6 +30,9 @@ KEYS = {
                 "accuracy_without_description", "finetune"],
     "medical": ["accuracy_by_ability", "single_image_accuracy_by_ability", "negative_accuracy", "mean_closed_accuracy",
                 "multi_minus_single_by_ability", "min_margin_temporal_comparison", "goals", "setup"],
+    "prune": ["loss_after_recovery", "speedup_decode", "pangu_light_beats_minitron_and_shortgpt", "models",
+              "dssn_loss_after_recovery"],
+    "serve": ["tokens_per_s", "levels", "throughput_ratio_16_over_1", "throughput_ratio_4_over_1", "goal_met"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
                 "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
 }
@@ -84,6 +87,15 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         # the model's short prompts still hold every answer except (sometimes) a route's many streets
         rule = result["finetune"]["rule_reader_same_prompts"]["accuracy_by_category"]
         assert all(v == 1.0 for k, v in rule.items() if k != "route")
+    if name == "prune":
+        methods = {"minitron", "shortgpt", "minitron+clap", "minitron+slnp", "pangu-light"}
+        assert set(result["loss_after_recovery"]) == set(result["speedup_decode"]) == methods
+        assert result["models"]["dssn"]["methods"]["pangu-light"]["shape"]["norm_style"] == "pre"  # post-norms absorbed
+        assert all(r["param_fraction"] <= result["setup"]["target_params"] for r in result["models"]["pre"]["methods"].values())
+    if name == "serve":
+        assert set(result["levels"]) == {"1", "4", "16"} and all(v > 0 for v in result["tokens_per_s"].values())
+        assert all(lv["tokens_per_request"] == result["setup"]["new_tokens"] for lv in result["levels"].values())
+        assert result["server_after"]["running"] == 0 and result["server_after"]["waiting"] == 0
     if name == "sim_search":
         assert result["configs_per_second"] > 0 and result["front"]
     if name == "sim_validation":

@@ -49,6 +49,7 @@ class SamplingParams:
         top_p: Nucleus mass.
         seed: Seed of this request's private generator.
         stop: Strings that end the answer (not included in it).
+        ignore_eos: Keep going past end-of-turn tokens up to max_tokens (benchmarks).
     """
 
     max_tokens: int = 64
@@ -57,6 +58,7 @@ class SamplingParams:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -316,7 +318,7 @@ class Engine:
         if c is not None:
             c.observe(token)
         delta = Delta()
-        if token in self.stop_set:
+        if token in self.stop_set and not s.params.ignore_eos:
             s.finished = "stop"
         elif was_thinking:
             if c.thinking:

@@ -41,6 +41,7 @@ class _Common(BaseModel):
     logprobs: Any = None
     presence_penalty: float | None = Field(None, **FloatField)
     frequency_penalty: float | None = Field(None, **FloatField)
+    ignore_eos: bool = Field(False, description="vLLM extension: generate max_tokens tokens regardless of EOS")
 
     @field_validator("stop")
     @classmethod

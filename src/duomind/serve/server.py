@@ -165,7 +165,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         temperature = default_temperature if req.temperature is None else req.temperature
         seed = None if req.seed is None else (req.seed + i) % 2**63
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=req.top_p,
-                              seed=seed, stop=tuple(req.stop or ()))
+                              seed=seed, stop=tuple(req.stop or ()), ignore_eos=req.ignore_eos)
 
     def budget(n_prompt: int, asked: int | None) -> int:
         if asked is not None and asked > limit:

@@ -102,12 +102,13 @@ def main() -> None:
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=2, help="requests per client per round (level 1: x4)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="serve this model instead of the shared bench-base")
     args = p.parse_args()
     if args.quick:
         args.new_tokens, args.rounds, args.requests = 6, 1, 1
     out = _common.out_dir(args)
     threads = args.threads or 1
-    checkpoint = _common.base_model(quick=args.quick)
+    checkpoint = args.checkpoint or _common.base_model(quick=args.quick)
     port = free_port()
     server = start_server(checkpoint, port, threads)
     url = f"http://127.0.0.1:{port}"

@@ -148,3 +148,15 @@ def test_errors_are_openai_shaped(server, client):
     r = httpx.get(server + "/v1/nowhere", headers=headers)
     assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(server + "/health").json()["running"] == 0
+
+
+def test_stop_strings_cut_the_answer_in_both_modes_of_delivery(client):
+    prompt = "Q: What is 2 + 3?\nA:"
+    whole = client.completions.create(model="tiny", prompt=prompt, max_tokens=16).choices[0].text
+    stop = whole[4:6]
+    assert stop.strip(), whole  # a random model still writes something there
+    cut = client.completions.create(model="tiny", prompt=prompt, max_tokens=16, stop=[stop]).choices[0]
+    assert cut.text == whole[:whole.index(stop)] and cut.finish_reason == "stop"
+    streamed = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=16, stop=[stop], stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
+    assert streamed[-1].choices[0].finish_reason == "stop"

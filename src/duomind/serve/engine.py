@@ -352,7 +352,7 @@ class Engine:
         text, stops = s.answer.sent, list(s.params.stop)
         cut = cut_at_stop(text, stops) if stops else None
         if cut is not None:
-            safe, s.finished = len(text[:cut].rstrip()), "stop"
+            safe, s.finished = cut, "stop"
         elif s.finished is not None or not stops:
             safe = len(text)
         else:

@@ -160,3 +160,10 @@ def test_stop_strings_cut_the_answer_in_both_modes_of_delivery(client):
     streamed = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=16, stop=[stop], stream=True))
     assert "".join(c.choices[0].text for c in streamed) == cut.text
     assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_n_choices_are_indexed_and_seeded(client):
+    body = dict(max_tokens=6, n=2, temperature=1.0, seed=5, extra_body={"mode": "fast"})
+    a, b = chat(client, **body), chat(client, **body)
+    assert [c.index for c in a.choices] == [0, 1]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]  # same seed, same text

@@ -32,6 +32,9 @@ def dssn_model(quick: bool) -> Path:
     from duomind.config import TrainConfig, from_dict, load_mapping
     from duomind.train.loop import train
 
+    done = _common.CACHE / "bench-base-dssn" / "run" / f"step-{DSSN_STEPS:06d}"
+    if not quick and (done / "COMPLETE").is_file():
+        return done
     if quick:
         _common.base_model(True)  # makes the tiny data and tokenizer (the full ones come with bench-base)
     root = _common.CACHE / ("bench-base-quick" if quick else "bench-base")
@@ -166,13 +169,17 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
             tokenizer.save_pretrained(pruned_dir)
             (pruned_dir / "prune.json").write_text(json.dumps(info | {"source": str(src)}, indent=1))
             seal(pruned_dir, {"pruned_from": str(src)})
-        print(f"[{name}] {method}: recovering ({args.steps} KD steps)", flush=True)
-        final = recover(pruned_dir, kd_dir, work / "corpus.txt", teacher=src, steps=args.steps, lr=args.lr,
-                        min_lr=args.lr / 10, warmup_steps=max(args.steps // 8, 1), seq_len=seq,
-                        global_batch_size=args.batch, micro_batch_size=args.batch, eval_data=str(text),
-                        eval_every=max(args.steps // 4, 1), eval_batches=args.eval_windows // args.batch,
-                        log_every=max(args.steps // 8, 1), save_every=args.steps, threads=args.threads,
-                        progress=False)
+    for method in METHOD_ORDER:  # all pruned first: an interrupted run resumes without re-measuring importance
+        pruned_dir, kd_dir = work / name / method / "pruned", work / name / method / "kd"
+        final = kd_dir / f"step-{args.steps:06d}"
+        if not (final / "COMPLETE").is_file():  # a finished run is reused, not reloaded through the trainer
+            print(f"[{name}] {method}: recovering ({args.steps} KD steps)", flush=True)
+            final = recover(pruned_dir, kd_dir, work / "corpus.txt", teacher=src, steps=args.steps, lr=args.lr,
+                            min_lr=args.lr / 10, warmup_steps=max(args.steps // 8, 1), seq_len=seq,
+                            global_batch_size=args.batch, micro_batch_size=args.batch, eval_data=str(text),
+                            eval_every=max(args.steps // 4, 1), eval_batches=args.eval_windows // args.batch,
+                            log_every=max(args.steps // 8, 1), save_every=max(args.steps // 2, 1), threads=args.threads,
+                            progress=False)
         rows[method] = {"pruned": pruned_dir, "recovered": final, "kd": kd_dir,
                         "info": json.loads((pruned_dir / "prune.json").read_text()), "method": METHODS[method]}
     if recover_only:
@@ -223,7 +230,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="sequences per KD step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calibration_samples", type=int, default=16)
-    p.add_argument("--eval_windows", type=int, default=32, help="held-out windows for loss (and the curves)")
+    p.add_argument("--eval_windows", type=int, default=16, help="held-out windows for loss (and the curves)")
     p.add_argument("--decode_tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--models", default="pre,dssn", help="comma list of pre (bench-base) and dssn (its DSSN variant)")
@@ -236,11 +243,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     sources = {"pre": lambda: pre_model(args.quick, work), "dssn": lambda: dssn_model(args.quick)}
     corpus = work / "corpus.txt"
-    if not corpus.is_file():  # the recovery data: bench-base's own pre-training corpus
+    if not corpus.is_file():  # the recovery data: the first 4,000 documents of bench-base's pre-training corpus
         src = _common.CACHE / ("bench-base-quick" if args.quick else "bench-base") / "data" / "corpus.txt"
         if args.quick:
             sources["pre"]()
-        corpus.symlink_to(src)
+        corpus.write_text("\n\n".join(src.read_text().split("\n\n")[:4000]) + "\n")
     results = {}
     for name in args.models.split(","):
         results[name] = run_model(name, sources[name](), work, args, args.stage == "recover")
@@ -251,7 +258,8 @@ def main() -> None:
     result = {
         "setup": {"target_params": args.target, "recovery_steps": args.steps, "recovery_batch": args.batch,
                   "recovery_seq_len": 64 if args.quick else 256, "recovery_lr": args.lr,
-                  "recovery_data": "bench-base pre-training corpus (KD, forward KL on every token)",
+                  "recovery_data": "first 4,000 documents of the bench-base pre-training corpus (KD, forward KL on "
+                                   "every token)",
                   "calibration": f"{args.calibration_samples} windows of the synthetic task corpus",
                   "heldout": f"{args.eval_windows} windows of held-out task text; accuracy on held-out non-code tasks",
                   "dssn_variant": f"bench-base recipe with norm_style dssn, the first {DSSN_STEPS} steps of a {DSSN_SCHEDULE}-step "

@@ -98,11 +98,11 @@ def road_graph(road_metric: list) -> nx.Graph:
         return g
     noded = shapely.get_parts(shapely.node(shapely.MultiLineString(
         [p for geom in road_metric for p in shapely.get_parts(geom)])))
-    coords = [np.round(shapely.get_coordinates(seg), 1) for seg in noded]
-    for seg, c in zip(noded, coords):
-        a, b = tuple(c[0]), tuple(c[-1])
-        if a != b:
-            g.add_edge(a, b, length=float(seg.length))
+    # each noded segment's first and last vertex on a 0.1 m grid, all at once
+    first = np.round(shapely.get_coordinates(shapely.get_point(noded, 0)), 1).tolist()
+    last = np.round(shapely.get_coordinates(shapely.get_point(noded, -1)), 1).tolist()
+    g.add_edges_from((tuple(a), tuple(b), {"length": w}) for a, b, w in zip(first, last, shapely.length(noded).tolist())
+                     if a != b)
     return g
 
 
@@ -225,9 +225,8 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         ts, td = ts[keep], td[keep]
         order = np.lexsort((td, ts))
         ts, td = ts[order], td[order]
-        topo_groups = _groups(ts, n)
 
-        return td, topo_groups
+        return ts, td
 
     # road connectivity between road lines (touching within 1 m)
     def stage_connects() -> dict[int, list[int]]:
@@ -250,7 +249,7 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         heights = jobs['heights'].result()
         rs, rd, r_dist, r_bear, rel_groups = jobs['relations'].result()
         ld, l_dist, lm_groups = jobs['landmarks'].result()
-        td, topo_groups = jobs['topology'].result()
+        ts, td = jobs['topology'].result()
         connects = jobs['connects'].result()
         graph = jobs['roads'].result()
 
@@ -268,10 +267,15 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
     rel_t, rel_b = [ids[j] for j in rd.tolist()], [geo.BEARINGS[b] for b in r_bear.tolist()]
     rel_d = np.round(r_dist, 1).tolist()
     lm_t, lm_d = [ids[j] for j in ld.tolist()], np.round(l_dist, 1).tolist()
-    td_l = td.tolist()
-    masks = (("roads", is_road.tolist()), ("pois", is_poi.tolist()), ("buildings", is_building.tolist()))
+    # topology per category: the pairs (sorted by source, then target) split by the target's category, so the
+    # loop only slices
+    topo_parts = []
+    for label, mask in (("roads", is_road), ("pois", is_poi), ("buildings", is_building)):
+        sel = mask[td]
+        topo_parts.append((label, _groups(ts[sel], n), [ids[j] for j in td[sel].tolist()]))
+    kinds_l = kinds.tolist()
     for i in range(n):
-        k = kinds[i]
+        k = kinds_l[i]
         f = {"id": ids[i], "name": names[i], "fclass": fclass[i], "center": [lon_r[i], lat_r[i]],
              "bbox": bounds_r[i]}
         if k == "polygon":
@@ -296,16 +300,13 @@ def describe(scene: Scene, max_relations: int = 5, relation_radius_m: float = 40
         sl = lm_groups[i]
         if sl.stop > sl.start:
             f["landmarks"] = [{"target": lm_t[j], "distance_m": lm_d[j]} for j in range(sl.start, sl.stop)]
-        sl = topo_groups[i]
-        if sl.stop > sl.start:
-            near = td_l[sl]
-            topo = {}
-            for label, mask in masks:
-                hit = [j for j in near if mask[j]]
-                if hit:
-                    topo[label] = {"count": len(hit), "ids": [ids[j] for j in hit[:max_topology]]}
-            if topo:
-                f["topology"] = topo
+        topo = {}
+        for label, groups, tids in topo_parts:
+            sl = groups[i]
+            if sl.stop > sl.start:
+                topo[label] = {"count": int(sl.stop - sl.start), "ids": tids[sl.start:min(sl.stop, sl.start + max_topology)]}
+        if topo:
+            f["topology"] = topo
         out[SECTIONS[k]].append(f)
     out["stats"] = _stats(kinds, fclass, area, length, metric, is_road, is_poi, extent_m2, heights, graph)
     if captions:

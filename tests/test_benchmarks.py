@@ -35,6 +35,7 @@ KEYS = {
     "serve": ["tokens_per_s", "levels", "throughput_ratio_16_over_1", "throughput_ratio_4_over_1", "goal_met"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
                 "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
+    "asr": ["cer", "cer_ctc", "mean_cer", "lid_accuracy", "rtf_ctc", "rtf_beam", "rtf_whisper_same_size", "goals_met"],
 }
 
 
@@ -103,6 +104,9 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         roles = [c["role"] for c in result["published"]["cases"]]
         assert roles.count("blind") >= 6 and all(c["source"] for c in result["published"]["cases"])
         assert result["moe_vs_moge"]["rows"][-1]["train_moe_over_moge"] > 1  # skewed MoE is slower than MoGE
+    if name == "asr":  # every language scored both ways; rates are rates
+        assert set(result["cer"]) == set(result["cer_ctc"]) and 0.0 <= result["lid_accuracy"] <= 1.0
+        assert result["rtf_ctc"] > 0 and result["rtf_whisper_same_size"] > 0
 
 
 def test_quick_never_writes_into_results(tmp_path):

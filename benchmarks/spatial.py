@@ -249,8 +249,8 @@ def main() -> None:
     out = _common.out_dir(args)
     q = args.quick
     path = out / "spatial.json"
-    result = json.loads(path.read_text()) if args.part != "all" and path.is_file() else {}
-    parts = result.setdefault("provenance_by_part", {})
+    result: dict = {}  # this run's keys; merged into the file's at the end (another part may have run meanwhile)
+    parts: dict = {}
     if args.part in ("all", "describe"):
         sizes = [300, 1000] if q else [1000, 10000, 100000]
         load_before = os.getloadavg()  # the 2-thread time is only fair when nothing else holds a core
@@ -287,6 +287,12 @@ def main() -> None:
         })
         parts["finetune"] = _common.provenance()
     result["quick"] = q
+    if args.part != "all" and path.is_file():
+        old = json.loads(path.read_text())
+        old.pop("provenance", None)
+        result = {**old, **result, "provenance_by_part": {**old.get("provenance_by_part", {}), **parts}}
+    else:
+        result["provenance_by_part"] = parts
     _common.write("spatial", result, out)
     if {"describe_seconds", "answerability", "finetune"} <= result.keys():
         plot(result, out / "spatial.png")

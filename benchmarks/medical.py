@@ -50,7 +50,7 @@ def make_data(work: Path, n_train: int, n_test: int, captions: int) -> dict[str,
 
 
 def run_training(work: Path, paths: dict[str, Path], align_steps: int, steps: int, batch: int, preset: str,
-                 threads: int | None, stop_at: int) -> tuple[Path, dict]:
+                 threads: int | None, stop_at: int, time_limit_s: float) -> tuple[Path, dict]:
     from duomind.apps.medical.data import load_items
     from duomind.apps.medical.model import build_tokenizer
     from duomind.apps.medical.train import MedTrainConfig, train_vlm
@@ -62,10 +62,13 @@ def run_training(work: Path, paths: dict[str, Path], align_steps: int, steps: in
         texts = [t for p in data for it in load_items(p) for t in (it.prompt, it.answer)]
         build_tokenizer(texts, vocab_size=512).save_pretrained(str(tok_dir))
     common = dict(batch_size=batch, threads=threads or 0, progress=True, decoder_preset=preset,
-                  decoder={"max_position_embeddings": 256}, save_every=100, warmup_steps=20)
+                  decoder={"max_position_embeddings": 256}, save_every=100, warmup_steps=20, time_limit_s=time_limit_s)
     align = train_vlm(MedTrainConfig(data=[str(paths["captions"])], out_dir=str(work / "align"), max_steps=align_steps,
                                      tokenizer=str(tok_dir), lr=2e-3, min_lr=1e-3, **common))
     t1 = time.perf_counter()
+    if align.name != f"step-{align_steps:06d}":  # out of time during alignment
+        return align, {}
+    common["time_limit_s"] = max(time_limit_s - (t1 - t0), 1.0) if time_limit_s else 0.0
     final = train_vlm(MedTrainConfig(data=data, out_dir=str(work / "instruct"), init_from=str(align), max_steps=steps,
                                      stop_at=stop_at, lr=2e-3, min_lr=1e-4, **common))
     return final, {"align_seconds_this_run": round(t1 - t0, 1), "instruct_seconds_this_run": round(time.perf_counter() - t1, 1)}
@@ -122,6 +125,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="instruction-tuning steps (default 900; quick 3)")
     p.add_argument("--align_steps", type=int, default=None, help="caption pre-alignment steps (default 150; quick 2)")
     p.add_argument("--stop_at", type=int, default=0, help="stop instruction tuning at this step (resume later)")
+    p.add_argument("--time_limit_min", type=float, default=0,
+                   help="stop training after this many minutes with a checkpoint; run again to continue")
     args = p.parse_args()
     out = _common.out_dir(args)
     q = args.quick
@@ -131,9 +136,9 @@ def main() -> None:
     steps, align_steps = args.steps or (3 if q else 900), args.align_steps or (2 if q else 150)
     batch = 4 if q else 16
     ckpt, times = run_training(work, paths, align_steps, steps, batch, "tiny" if q else "demo", args.threads,
-                               args.stop_at)
-    if args.stop_at and args.stop_at < steps:
-        print(f"stopped at step {args.stop_at}; run again to continue")
+                               args.stop_at, args.time_limit_min * 60)
+    if ckpt.name != f"step-{steps:06d}" or ckpt.parent.name != "instruct":
+        print(f"training stopped at {ckpt}; run again to continue")
         return
     reports = evaluate(ckpt, paths)
     from duomind.apps.medical.model import load_vlm

@@ -52,6 +52,8 @@ class MedTrainConfig:
         keep_last: Complete checkpoints kept.
         threads: torch threads (0 = torch's default).
         progress: Show the progress bar.
+        time_limit_s: Stop with a checkpoint once this many seconds of training have passed (0 = no limit);
+            run again to continue (a time-boxed chunk on a shared machine).
     """
 
     data: str | list[str] = ""
@@ -80,6 +82,7 @@ class MedTrainConfig:
     keep_last: int = 2
     threads: int = 0
     progress: bool = True
+    time_limit_s: float = 0.0
 
 
 def _encode_all(items, tok, cfg, model_cfg):
@@ -158,6 +161,7 @@ def train_vlm(cfg: MedTrainConfig) -> Path:
     end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     last = resume
+    began = time.perf_counter()
     with progress_bar("med train", end, enabled=cfg.progress, completed=start, unit="step") as advance:
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -180,8 +184,12 @@ def train_vlm(cfg: MedTrainConfig) -> Path:
                 log.write(step=done, loss=value, lr=lr, grad_norm=float(norm), step_time_s=time.perf_counter() - t0,
                           target_tokens=n_tok)
             advance(1, info=f"loss {value:.3f}")
-            if done % cfg.save_every == 0 or done == end:
+            out_of_time = cfg.time_limit_s and time.perf_counter() - began > cfg.time_limit_s
+            if done % cfg.save_every == 0 or done == end or out_of_time:
                 last = save_checkpoint(out, done, model, tok, opt, {"step": done}, cfg.keep_last)
+            if out_of_time:
+                end = done
+                break
     plot_loss(log.rows(), out / "loss.png", title=f"med train · {out.name}")
     return out / f"step-{end:06d}"
 

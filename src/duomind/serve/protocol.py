@@ -39,6 +39,9 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     presence_penalty: float | None = Field(None, **FloatField)
     frequency_penalty: float | None = Field(None, **FloatField)
     ignore_eos: bool = Field(False, description="vLLM extension: generate max_tokens tokens regardless of EOS")
@@ -53,8 +56,12 @@ class _Common(BaseModel):
 
     def unsupported(self) -> str | None:
         """Why this request asks for something the server does not do (None if it does not)."""
-        if self.logprobs not in (None, False, 0):
-            return "logprobs are not supported by this server; leave logprobs unset."
+        if self.logprobs not in (None, False, 0) or self.top_logprobs not in (None, 0):
+            return "logprobs are not supported by this server; leave logprobs and top_logprobs unset."
+        if self.logit_bias:
+            return "logit_bias is not supported by this server; leave it unset."
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format other than text (JSON mode, schemas) is not supported; leave it unset."
         if self.presence_penalty or self.frequency_penalty:
             return "presence_penalty and frequency_penalty are not supported; leave them at 0."
         return None

@@ -6,8 +6,9 @@ from the unpruned model through the trainer. Reports held-out loss and task accu
 after recovery (with the recovery curves) and decode tokens/s of every pruned model vs its original
 (duomind.generate, batch 1, alternating rounds).
 
-    python benchmarks/prune.py --threads 1 --stage recover   # the training part (train lane), resumable
-    python benchmarks/prune.py --threads 1                   # evaluation + timing (reuses cached models)
+    python benchmarks/prune.py --threads 1 --stage recover --models dssn    # prune + KD (train lane), resumable
+    python benchmarks/prune.py --threads 1 --stage evaluate --models dssn   # + loss, accuracy, decode timing
+    python benchmarks/prune.py --threads 1                                  # all of it, reusing what is cached
     python benchmarks/prune.py --quick                       # seconds, temp dir
 """
 
@@ -87,7 +88,7 @@ def heldout(data_dir: Path, work: Path, quick: bool) -> tuple[Path, list]:
     text = work / "heldout.txt"
     if not text.is_file():
         text.write_text(corpus_text(tasks, seed=0))
-    checkable = [t for t in tasks if t.task != "code"][: 8 if quick else 60]
+    checkable = [t for t in tasks if t.task != "code"][: 8 if quick else 40]
     return text, checkable
 
 
@@ -184,6 +185,9 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
                         "info": json.loads((pruned_dir / "prune.json").read_text()), "method": METHODS[method]}
     if recover_only:
         return {}
+    cached = work / name / "results.json"
+    if cached.is_file() and not args.fresh_eval:
+        return json.loads(cached.read_text())
     windows = eval_windows(tokenizer, text, args.eval_windows, seq)
     base_loss, base_acc = heldout_loss(teacher, windows), accuracy(teacher, tokenizer, tasks)
     print(f"[{name}] original: loss {base_loss:.3f}  accuracy {base_acc:.1%}", flush=True)
@@ -209,6 +213,10 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
         print(f"[{name}] {method:14s} params {res['param_fraction']:.1%}  loss {loss0:.3f} -> "
               f"{res['loss_after_recovery']:.3f}  acc {res['accuracy_after_pruning']:.1%} -> "
               f"{res['accuracy_after_recovery']:.1%}  decode x{res['decode']['speedup']:.2f}", flush=True)
+    import torch
+
+    out["measured_with"] = {"torch_threads": torch.get_num_threads(), "lock": args.lock}
+    cached.write_text(json.dumps(out, indent=1, default=str))
     return out
 
 
@@ -223,16 +231,19 @@ def _metrics(run: Path) -> list[dict]:
 
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=["all", "recover"], default="all",
-                   help="recover: only prune and recover (the training part); all: also evaluate and time")
+    p.add_argument("--stage", choices=["all", "recover", "evaluate"], default="all",
+                   help="recover: prune and recover (the training part); evaluate: also measure and time each model "
+                        "(cached per model); all: also write the results")
+    p.add_argument("--lock", default="none", help="which lane this run holds (recorded with the timings)")
+    p.add_argument("--fresh_eval", action="store_true", help="re-measure models whose results are cached")
     p.add_argument("--target", type=float, default=0.5, help="parameter budget (fraction of the model)")
     p.add_argument("--steps", type=int, default=20, help="KD recovery steps, the same for every method")
     p.add_argument("--batch", type=int, default=8, help="sequences per KD step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calibration_samples", type=int, default=16)
     p.add_argument("--eval_windows", type=int, default=16, help="held-out windows for loss (and the curves)")
-    p.add_argument("--decode_tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--decode_tokens", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--models", default="pre,dssn", help="comma list of pre (bench-base) and dssn (its DSSN variant)")
     args = p.parse_args()
     if args.quick:
@@ -251,7 +262,7 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         results[name] = run_model(name, sources[name](), work, args, args.stage == "recover")
-    if args.stage == "recover":
+    if args.stage != "all":
         return
     pre = results.get("pre") or next(iter(results.values()))
     methods = pre["methods"]

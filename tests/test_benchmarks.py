@@ -35,7 +35,10 @@ KEYS = {
     "serve": ["tokens_per_s", "levels", "throughput_ratio_16_over_1", "throughput_ratio_4_over_1", "goal_met"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",
                 "merge_balanced_minus_best_other", "teacher_accuracy", "setup"],
+    "rl_ssp": ["throughput_ratio_ssp1_over_sync", "throughput_ratio_ssp2_over_sync", "final_reward", "accuracy_before",
+               "accuracy_after", "simulation_64_workers", "learner_idle_fraction", "curves"],
     "asr": ["cer", "cer_ctc", "mean_cer", "lid_accuracy", "rtf_ctc", "rtf_beam", "rtf_whisper_same_size", "goals_met"],
+    "speculative": ["firp_speedup", "lossless", "speedup_vs_hf_assisted", "sweep", "runs"],
 }
 
 
@@ -51,6 +54,8 @@ def test_quick_benchmark_writes_results(name, tmp_path):
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
     if name == "decode":
         assert result["greedy_outputs_equal"] is True  # same weights, same greedy tokens
+    if name == "speculative":
+        assert result["lossless"] is True and set(result["firp_speedup"]) == {"math", "text"}
     if name == "dssn":
         assert len(result["variants"]) == 6
     if name == "rewards":

@@ -16,7 +16,8 @@ def stop_ids(tok) -> list[int]:
 
 def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, chat: bool = True, mode: str | None = None,
-                 seed: int | None = None) -> list[str]:
+                 seed: int | None = None, speculative: str | None = None, predictors: str | None = None,
+                 draft: str | None = None, k: int | None = None, tree_width: int = 1) -> list[str]:
     """Generate text from a checkpoint with DuoMind's KV-cache decode loop.
 
     Args:
@@ -29,6 +30,12 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
         chat: Wrap prompts in the chat template (as a user turn).
         mode: Reasoning mode marker for chat prompts: fast, slow or auto.
         seed: Sampling seed.
+        speculative: Speculative decoding (one prompt at a time): firp, medusa, lookup or draft. The output
+            is the same as without it (greedy: token for token; sampling: in distribution).
+        predictors: FIRP / Medusa predictor directory (`duomind speculate train`); default CHECKPOINT/<method>.
+        draft: Draft model checkpoint for --speculative draft.
+        k: Draft length (default: the predictors' k).
+        tree_width: Candidates per draft position (1: a chain; more: a token tree).
     """
     from duomind.generate.decode import generate
     from duomind.tokenizer import chat_prompt, load_tokenizer
@@ -51,8 +58,23 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
             sys.stdout.flush()
             printed[0] = text
 
-    out = generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                   stop_tokens=stop_ids(tok), stream=stream, seed=seed)
+    if speculative:
+        from duomind.generate.speculate_cli import make_drafter
+        from duomind.generate.speculative import speculative_generate
+
+        if predictors is None and speculative in ("firp", "medusa"):
+            predictors = str(checkpoint / speculative)
+        drafter = make_drafter(model, speculative, predictors, draft, k, tree_width)
+        out = []
+        for p in ids:
+            out.append(speculative_generate(model, p, drafter, max_new_tokens, temperature, top_k, top_p,
+                                            stop_ids(tok), seed))
+            if stream is not None:
+                for t in out[-1]:
+                    stream(0, t)
+    else:
+        out = generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_tokens=stop_ids(tok), stream=stream, seed=seed)
     texts = [tok.decode(o, skip_special_tokens=False) for o in out]
     if stream is not None:
         print()

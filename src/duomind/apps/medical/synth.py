@@ -120,9 +120,9 @@ def temporal(rng: random.Random, closed: bool) -> Question:
     first = _lesion(rng, SIZES[s0])
     last = Lesion(SIZES[s1], first.intensity, first.texture)
     sizes = {"grew": [s0, s1], "shrank": [s0, s1], "appeared": [None, s1], "resolved": [s0, None]}[change]
-    if n_visits == 3:  # the middle visit lies between the two
-        mid = sizes[0] if sizes[1] is None else sizes[1] if sizes[0] is None else (sizes[0] + sizes[1]) // 2
-        sizes = [sizes[0], mid if change not in ("appeared", "resolved") else sizes[0], sizes[1]]
+    if n_visits == 3:  # the middle visit: between the two sizes, or as the first before an appearance/resolution
+        a, b = sizes
+        sizes = [a, (a + b) // 2 if a is not None and b is not None else a, b]
     others = _scan(rng, rng.choice((0, 1)), exclude=(q,))  # a stable distractor elsewhere
     scans = []
     for s in sizes:

@@ -83,6 +83,13 @@ class MarsReward:
             self._scorer = Scorer(self.cfg, workers=0)
         return self._scorer
 
+    def warmup(self) -> None:
+        """Build the scorer and load sympy / math-verify before the first timed call."""
+        from duomind.rewards import math as math_reward
+
+        math_reward.equivalent("1/2", "0.5")
+        _ = self.scorer
+
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg, "_scorer": None}
 

@@ -33,6 +33,9 @@ class RolloutWorker:
         from duomind.tokenizer import load_tokenizer
         from duomind.train.checkpoint import load_model
 
+        import duomind.distill.loop  # noqa: F401  (imported now, not inside the first timed generation)
+        import duomind.generate  # noqa: F401
+
         self.model = load_model(policy)
         self.tok = load_tokenizer(policy)
         self.stops = stop_ids(self.tok)
@@ -73,6 +76,8 @@ class RewardWorker:
 
         torch.set_num_threads(1)
         self.fn = fn
+        if hasattr(fn, "warmup"):
+            fn.warmup()
 
     def ready(self) -> int:
         return os.getpid()

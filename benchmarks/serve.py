@@ -27,6 +27,36 @@ import _common
 LEVELS = (1, 4, 16)
 
 
+def bench_model(quick: bool) -> tuple[Path, dict]:
+    """bench-base; while its training still runs, a copy of its latest complete checkpoint.
+
+    Throughput does not depend on the weights here (every request generates exactly --new_tokens tokens), only
+    on the shape, which every checkpoint of the run shares. The copy keeps the trainer's checkpoint pruning
+    from pulling files out from under the server.
+    """
+    import shutil
+    import tempfile
+
+    from duomind.config import load_mapping
+    from duomind.train.checkpoint import latest_checkpoint
+
+    if quick:
+        return _common.base_model(quick=True), {"source": "bench-base (quick)"}
+    run = _common.CACHE / "bench-base" / "run"
+    steps = load_mapping(Path(__file__).resolve().parent.parent / "recipes" / "bench-base.yaml")["max_steps"]
+    ckpt = latest_checkpoint(run) if (run / "latest").is_file() else None
+    if ckpt is None:
+        raise SystemExit("bench-base has no checkpoint yet; build it first (benchmarks/_common.py:base_model).")
+    if ckpt.name == f"step-{steps:06d}":
+        return ckpt, {"source": "bench-base", "step": steps}
+    snap = Path(tempfile.mkdtemp(prefix="serve-bench-model-"))
+    for f in ckpt.iterdir():  # model, config and tokenizer; not the optimizer state
+        if f.is_file() and f.name not in ("optimizer.safetensors", "rng.safetensors", "trainer_state.json", "COMPLETE"):
+            shutil.copy2(f, snap / f.name)
+    return snap, {"source": "bench-base snapshot (its training was still running)",
+                  "step": int(ckpt.name.split("-")[1]), "of_steps": steps}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,7 +138,11 @@ def main() -> None:
         args.new_tokens, args.rounds, args.requests = 6, 1, 1
     out = _common.out_dir(args)
     threads = args.threads or 1
-    checkpoint = args.checkpoint or _common.base_model(quick=args.quick)
+    if args.checkpoint:
+        checkpoint, model_info = args.checkpoint, {"source": str(args.checkpoint)}
+    else:
+        checkpoint, model_info = bench_model(args.quick)
+    load_start = os.getloadavg()  # other work on the machine shows here: absolute tokens/s depend on it
     port = free_port()
     server = start_server(checkpoint, port, threads)
     url = f"http://127.0.0.1:{port}"
@@ -132,6 +166,10 @@ def main() -> None:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        if "of_steps" in model_info:  # our temporary copy
+            import shutil
+
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     levels = {}
     for c, runs in samples.items():
@@ -146,7 +184,7 @@ def main() -> None:
     med = {c: levels[str(c)]["tokens_per_s"]["median"] for c in LEVELS}
     ratio = med[16] / med[1]
     result = {
-        "setup": {"model": str(checkpoint), "new_tokens": args.new_tokens, "rounds": args.rounds,
+        "setup": {"model": model_info, "new_tokens": args.new_tokens, "rounds": args.rounds,
                   "max_batch": 16, "server_threads": threads, "endpoint": "/v1/completions (stream, ignore_eos)",
                   "client": "httpx async, closed loop, same machine"},
         "levels": levels,
@@ -157,6 +195,7 @@ def main() -> None:
         "goal_met": ratio >= 4,
         "server_after": {k: health.get(k) for k in ("running", "waiting", "steps", "cancelled")},
         "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
     }
     _common.write("serve", result, out)
     for c in LEVELS:

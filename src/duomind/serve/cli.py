@@ -23,8 +23,12 @@ def default_checkpoint(checkpoint: str | None) -> Path:
 
 
 def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 64, context_len: int | None = None,
-                threads: int | None = None):
-    """Load a checkpoint (a run directory or a step-XXXXXX one) and start an engine on it."""
+                threads: int | None = None, predictors: str | None = None):
+    """Load a checkpoint (a run directory or a step-XXXXXX one) and start an engine on it.
+
+    FIRP predictors (or Medusa heads) from `duomind speculate train` are used for speculative steps when
+    given, or when the checkpoint directory holds them in `predictors/`.
+    """
     import torch
 
     from duomind.serve.engine import Engine
@@ -36,14 +40,21 @@ def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 
     path = resolve_checkpoint(default_checkpoint(checkpoint))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(path, device=device)
+    drafter = None
+    beside = path / "predictors"
+    if predictors or (beside / "drafter.json").is_file():
+        from duomind.generate.drafters import predictor_drafter
+
+        drafter = predictor_drafter(model, predictors or beside)
     return Engine(model, load_tokenizer(path), max_batch=max_batch, max_waiting=max_waiting,
-                  context_len=context_len), path
+                  context_len=context_len, drafter=drafter), path
 
 
 def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
               model_name: str | None = None, max_batch: int = 16, max_waiting: int = 64,
               context_len: int | None = None, max_tokens: int | None = None, max_body_bytes: int = 1 << 20,
-              mode: str = "slow", temperature: float = 0.0, repair: bool = True, threads: int | None = None) -> None:
+              mode: str = "slow", temperature: float = 0.0, repair: bool = True, threads: int | None = None,
+              predictors: str | None = None) -> None:
     """Serve a DuoMind model over an OpenAI-compatible API (chat and text completions, streaming).
 
     Args:
@@ -61,6 +72,8 @@ def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
         temperature: Temperature of requests that give none (0: greedy).
         repair: Repetition self-repair in thinking spans.
         threads: torch intra-op threads.
+        predictors: FIRP predictors from `duomind speculate train` (default: CHECKPOINT/predictors if there):
+            speculative steps while one greedy request runs alone.
     """
     import uvicorn
 
@@ -70,13 +83,14 @@ def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} is not one of {list(MODES)}.")
-    engine, path = load_engine(checkpoint, max_batch, max_waiting, context_len, threads)
+    engine, path = load_engine(checkpoint, max_batch, max_waiting, context_len, threads, predictors)
     name = model_name or (Path(checkpoint).resolve().name if checkpoint else DEFAULT_MODEL.name)
     key = api_key or os.environ.get("DUOMIND_API_KEY") or None
     app = create_app(engine, name, api_key=key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens,
                      default_mode=mode, default_temperature=temperature, repair=RepairConfig() if repair else None)
     print(f"serving {path} as {name!r} on http://{host}:{port}/v1 ({'API key required' if key else 'no API key'}; "
-          f"{engine.max_batch} slots, context {engine.context_len})", flush=True)
+          f"{engine.max_batch} slots, context {engine.context_len}"
+          f"{', speculative drafts' if engine.speculation else ''})", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
@@ -157,7 +171,7 @@ def chat_session(engine, lines: Iterable[str], console, mode: str = "slow", max_
 
 
 def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int = 256, temperature: float = 0.0,
-             threads: int | None = None) -> None:
+             threads: int | None = None, predictors: str | None = None) -> None:
     """Chat with a DuoMind model in the terminal: streaming, thinking shown dimmed, /fast /slow /auto to switch.
 
     Args:
@@ -166,6 +180,7 @@ def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int 
         max_tokens: Most tokens per reply (thinking included).
         temperature: 0 for greedy.
         threads: torch intra-op threads.
+        predictors: FIRP predictors (default: CHECKPOINT/predictors if there) for speculative decoding.
     """
     from rich.console import Console
 
@@ -173,7 +188,7 @@ def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int 
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} is not one of {list(MODES)}.")
-    engine, path = load_engine(checkpoint, max_batch=1, threads=threads)
+    engine, path = load_engine(checkpoint, max_batch=1, threads=threads, predictors=predictors)
     console = Console()
     console.print(f"[bold]DuoMind chat[/bold] · {path} · mode {mode}\n{HELP}")
 

@@ -144,10 +144,12 @@ class Engine:
         max_waiting: Requests that may wait for a slot; beyond it `submit` raises Overloaded.
         context_len: Longest prompt + max_tokens (default: the model's max_position_embeddings).
         prefill_chunk: Most prompts prefilled in one forward pass.
+        drafter: A `duomind.generate` drafter (FIRP predictors, Medusa heads, prompt lookup): speculative
+            steps while one greedy sequence runs alone (`duomind.serve.speculate`).
     """
 
     def __init__(self, model: DuoMind, tok, max_batch: int = 16, max_waiting: int = 64,
-                 context_len: int | None = None, prefill_chunk: int = 8) -> None:
+                 context_len: int | None = None, prefill_chunk: int = 8, drafter=None) -> None:
         if max_batch < 1 or max_waiting < 0:
             raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {max_batch}, {max_waiting}.")
         self.model, self.tok = model.eval(), tok
@@ -170,6 +172,11 @@ class Engine:
         self.cancelled = 0  # requests dropped because their consumer went away
         self.error: str | None = None
         self._stop = False
+        self.speculation = None
+        if drafter is not None:
+            from duomind.serve.speculate import SoloSpeculation
+
+            self.speculation = SoloSpeculation(self, drafter)
         self.thread = threading.Thread(target=self._loop, name="duomind-engine", daemon=True)
         self.thread.start()
 
@@ -205,7 +212,8 @@ class Engine:
         with self.lock:
             return {"running": len(self.running), "waiting": len(self.waiting), "max_batch": self.max_batch,
                     "max_waiting": self.max_waiting, "steps": self.steps, "cancelled": self.cancelled, "alive": self.thread.is_alive(),
-                    "context_len": self.context_len}
+                    "context_len": self.context_len,
+                    "speculation": self.speculation.stats() if self.speculation is not None else None}
 
     def close(self) -> None:
         with self.lock:
@@ -230,6 +238,8 @@ class Engine:
                 for seq in self.running:
                     self._emit(seq, Delta(finish_reason="error", error=self.error))
                 self.running, self.cache.rows, self.cache.length = [], 0, 0
+                if self.speculation is not None:
+                    self.speculation.current = None
         for seq in [*self.running, *self.waiting]:
             self._emit(seq, Delta(finish_reason="error", error="the server is shutting down"))
 
@@ -249,7 +259,10 @@ class Engine:
         for i in range(0, len(admitted), self.prefill_chunk):
             self._prefill(admitted[i:i + self.prefill_chunk])
         if self.running:
-            self._decode()
+            if self.speculation is not None and self.speculation.ready():
+                self.speculation.step()
+            else:
+                self._decode()
         self.steps += 1
 
     def _prefill(self, seqs: list[Sequence]) -> None:

@@ -239,3 +239,32 @@ def test_bad_input_is_refused_clearly(tmp_path):
         speculative_generate(model, [1], None, max_new_tokens=10**6)
     with pytest.raises(ValueError, match="parent must come before"):
         ancestors([-1, 2, 0])
+
+
+def test_cli_train_generate_and_bench(tmp_path, tiny_tokenizer_dir, corpus_file, capsys):
+    from duomind.cli import main
+    from duomind.config import TrainConfig
+    from duomind.generate.cli import generate_cli
+    from duomind.generate.speculate_cli import bench_cli
+    from duomind.train import train
+
+    run = train(TrainConfig(out_dir=str(tmp_path / "run"), data=str(corpus_file), tokenizer=str(tiny_tokenizer_dir),
+                            seq_len=32, global_batch_size=8, micro_batch_size=8, max_steps=4, save_every=4,
+                            progress=False, model_preset="tiny"))
+    main(["speculate", "train", str(run), str(run / "firp"), "--data", str(corpus_file), "--layer", "1", "--k", "2",
+          "--steps", "2", "--seq_len", "32", "--sources", "8"])
+    assert (run / "firp" / "drafter.json").is_file()
+    plain = generate_cli(str(run), "Q: What is 2 + 3?\nA:", max_new_tokens=8, chat=False)
+    for method in ("firp", "lookup"):
+        assert generate_cli(str(run), "Q: What is 2 + 3?\nA:", max_new_tokens=8, chat=False, speculative=method,
+                            tree_width=2) == plain
+    main(["speculate", "bench", str(run), "--predictors", f"[{run / 'firp'}]", "--n_prompts", "1",
+          "--max_new_tokens", "6", "--repeats", "1"])
+    assert "tokens/s" in capsys.readouterr().out
+    result = bench_cli(str(run), predictors=[str(run / "firp")], n_prompts=2, max_new_tokens=6, repeats=1)
+    assert set(result) == {"plain", "lookup", "firp:firp chain", "firp:firp tree"}
+    assert all(row["equal_to_plain"] and row["tokens_per_s"] > 0 for row in result.values())
+    with pytest.raises(SystemExit, match="out of range"):
+        main(["speculate", "train", str(run), str(tmp_path / "bad"), "--data", str(corpus_file), "--layer", "2"])
+    with pytest.raises(SystemExit, match="needs --draft"):
+        main(["generate", str(run), "hi", "--speculative", "draft"])

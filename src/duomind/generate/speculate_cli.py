@@ -34,7 +34,20 @@ def make_drafter(model, method: str, predictors: str | None = None, draft: str |
     raise ValueError(f"unknown speculative method {method!r}; use firp, medusa, lookup or draft.")
 
 
-def train_cli(checkpoint: str, out: str, data: str, kind: str = "firp", layer: int | None = None, k: int = 4,
+def _training_data(ckpt: Path) -> str:
+    """The corpus a checkpoint was trained on, from its run's train_config.yaml."""
+    import yaml
+
+    for cfg in (ckpt / "train_config.yaml", ckpt.parent / "train_config.yaml"):
+        if cfg.is_file():
+            data = (yaml.safe_load(cfg.read_text()) or {}).get("data")
+            if data and Path(data).is_file():
+                return data
+    raise ValueError(f"no --data given and no training corpus recorded beside {str(ckpt)!r}; pass --data CORPUS "
+                     "(text the model was trained on, .txt or .jsonl).")
+
+
+def train_cli(checkpoint: str, out: str, data: str | None = None, kind: str = "firp", layer: int | None = None, k: int = 4,
               steps: int = 300, batch_size: int = 8, seq_len: int = 128, sources: int = 32, lr: float = 2e-3,
               mse_weight: float = 1.0, seed: int = 0, threads: int | None = None) -> str:
     """Train FIRP predictors (or Medusa-style heads) for a checkpoint, base model frozen.
@@ -42,7 +55,8 @@ def train_cli(checkpoint: str, out: str, data: str, kind: str = "firp", layer: i
     Args:
         checkpoint: The base model (a run directory or a checkpoint).
         out: Where to save drafter.safetensors + drafter.json (e.g. beside the checkpoint: CKPT/firp).
-        data: Training text (.txt documents or .jsonl with "text"), ideally what the model was trained on.
+        data: Training text (.txt documents or .jsonl with "text"); default: the corpus the checkpoint's run
+            was trained on (its train_config.yaml).
         kind: firp or medusa.
         layer: FIRP's intermediate layer l (1 .. L-1; default: three quarters of the depth).
         k: Draft positions (future tokens predicted per step).
@@ -66,6 +80,7 @@ def train_cli(checkpoint: str, out: str, data: str, kind: str = "firp", layer: i
         torch.set_num_threads(threads)
     ckpt = resolve_checkpoint(checkpoint)
     model, tok = load_model(ckpt), load_tokenizer(ckpt)
+    data = data or _training_data(ckpt)
     if kind == "firp" and layer is None:
         layer = max(1, (3 * model.config.num_hidden_layers) // 4)
     module = build(model, kind, k, layer)

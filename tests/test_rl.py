@@ -243,3 +243,10 @@ def test_reward_errors_become_per_sample_failures():
     right, wrong = mars([{"id": "r", "task": task, "mode": "fast", "response": task["answer"]},
                          {"id": "w", "task": task, "mode": "fast", "response": "-1"}])
     assert right["correct"] is True and wrong["correct"] is False and right["reward"] > wrong["reward"]
+
+
+def test_cli_reports_bad_prompts_cleanly(tmp_path):
+    from duomind.cli import main
+
+    with pytest.raises(SystemExit, match="duomind rl: error: prompts file .*missing.jsonl.* does not exist"):
+        main(["rl", "--policy", str(tmp_path), "--prompts", str(tmp_path / "missing.jsonl"), "--progress", "false"])

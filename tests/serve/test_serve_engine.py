@@ -6,7 +6,6 @@ import queue
 import random
 
 import pytest
-import torch
 from serve_helpers import tiny_model
 
 from duomind.generate import generate
@@ -149,7 +148,12 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model, tiny_to
         d = final(q)
         assert d.finish_reason == "error" and "simulated" in d.error
         monkeypatch.setattr(engine, "_decode", original)
+        prefill = engine._prefill
+        with engine.lock:  # a failure while admitting answers the admitted requests too
+            monkeypatch.setattr(engine, "_prefill", lambda seqs: boom())
+            q = collect(engine, [5, 6], 5)
+        assert final(q).finish_reason == "error"
+        monkeypatch.setattr(engine, "_prefill", prefill)
         assert final(collect(engine, [5, 6], 5)).finish_reason in ("stop", "length")
     finally:
         engine.close()
-    torch.set_num_threads(torch.get_num_threads())

@@ -170,6 +170,7 @@ class Engine:
         self.ids = itertools.count()
         self.steps = 0
         self.cancelled = 0  # requests dropped because their consumer went away
+        self._admitting: list[Sequence] = []
         self.error: str | None = None
         self._stop = False
         self.speculation = None
@@ -235,7 +236,7 @@ class Engine:
                     self.step()
             except Exception as err:  # one bad step must not take the server down: fail its requests, go on
                 self.error = f"{type(err).__name__}: {err}"
-                for seq in self.running:
+                for seq in [*self.running, *(s for s in self._admitting if s not in self.running)]:
                     self._emit(seq, Delta(finish_reason="error", error=self.error))
                 self.running, self.cache.rows, self.cache.length = [], 0, 0
                 if self.speculation is not None:
@@ -256,8 +257,10 @@ class Engine:
                     self.cancelled += 1
                 else:
                     admitted.append(seq)
+        self._admitting = admitted  # taken off the queue: a failing step must still answer them
         for i in range(0, len(admitted), self.prefill_chunk):
             self._prefill(admitted[i:i + self.prefill_chunk])
+        self._admitting = []
         if self.running:
             if self.speculation is not None and self.speculation.ready():
                 self.speculation.step()

@@ -45,6 +45,8 @@ class DecodingOptions:
         hotwords: Words to favour (hotword biasing, beam search and greedy).
         hotword_bonus: Log-score added for each token that continues a hotword.
         word_timestamps: Align tokens to frames with the CTC head and return word times.
+        silence_guard: Return no text when the CTC best path is empty (see the module doc); turn off only
+            to time the search itself.
     """
 
     language: str | None = None
@@ -57,6 +59,7 @@ class DecodingOptions:
     hotwords: tuple[str, ...] = ()
     hotword_bonus: float = 3.0
     word_timestamps: bool = False
+    silence_guard: bool = True
 
     def __post_init__(self) -> None:
         check_pair(self.language, self.region)
@@ -275,10 +278,9 @@ def decode(model, tok: AsrTokenizer, enc: torch.Tensor, enc_len: torch.Tensor,
         n = int(enc_len[i])
         best_path = ctc_greedy(ctc[i, :n])
         tokens, score = best_path, 0.0
-        if best_path and not opts.ctc_only:
+        if (best_path or not opts.silence_guard) and not opts.ctc_only:
             tokens, score = beam_search(model, tok, enc[i], n, tok.prefix(lang, region), ctc[i], opts)
-        elif not best_path:
-            tokens = []  # nothing heard: no text, whatever the decoder would say
+        # else: nothing heard, so no text, whatever the decoder would say
         res = DecodingResult(tok.decode(tokens), tokens, lang, region, conf, score)
         if opts.word_timestamps and tokens:
             res.words = word_times(tok, tokens, forced_align(ctc[i, :n], tokens), lang)

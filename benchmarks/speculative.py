@@ -15,6 +15,7 @@ Predictors (FIRP for each swept l, Medusa heads) and the draft model are trained
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -45,7 +46,7 @@ def draft_model(quick: bool = False):
     return train(from_dict(TrainConfig, recipe, "speculative draft model"))
 
 
-def predictors(base, tok, quick: bool = False) -> dict:
+def predictors(base, tok, quick: bool = False, steps: int = 150, batch: int = 8) -> dict:
     """{name: directory} of FIRP predictors (one per swept layer, k = K_MAX) and Medusa heads, cached."""
     import torch
 
@@ -53,7 +54,8 @@ def predictors(base, tok, quick: bool = False) -> dict:
     from duomind.generate.spec_train import hit_rates, token_windows, train_predictors
 
     layers = (1,) if quick else LAYERS
-    root = _common.CACHE / f"bench-spec-{fingerprint(base)}"
+    steps = 4 if quick else steps
+    root = _common.CACHE / f"bench-spec-{fingerprint(base)}-{steps}x{batch}"
     names = {f"firp-l{layer}": ("firp", layer) for layer in layers} | {"medusa": ("medusa", None)}
     dirs = {name: root / name for name in names}
     if all((d / "drafter.json").is_file() for d in dirs.values()):
@@ -64,8 +66,8 @@ def predictors(base, tok, quick: bool = False) -> dict:
     modules = {name: build(base, kind, K_MAX, layer) for name, (kind, layer) in names.items()}
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    last = train_predictors(base, list(modules.values()), train, steps=4 if quick else 150, batch_size=8,
-                            sources=16, progress=not quick)
+    last = train_predictors(base, list(modules.values()), train, steps=steps, batch_size=batch, sources=16,
+                            progress=not quick)
     seconds = time.perf_counter() - t0
     for (name, module), terms in zip(modules.items(), last):
         hit = hit_rates(base, module, held[:8] if quick else held)
@@ -87,7 +89,10 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=6, help="prompts per set")
     p.add_argument("--new_tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sweep_prompts", type=int, default=None, help="math prompts per l/k sweep point (default: --prompts)")
     p.add_argument("--train_only", action="store_true", help="build the draft model and predictors, then stop")
+    p.add_argument("--predictor_steps", type=int, default=150, help="training steps of the FIRP / Medusa predictors")
+    p.add_argument("--predictor_batch", type=int, default=4, help="windows per predictor training step")
     p.add_argument("--checkpoint", default=None,
                    help="benchmark this checkpoint instead of bench-base's final one (e.g. an earlier step)")
     args = p.parse_args()
@@ -103,10 +108,11 @@ def main() -> None:
     from duomind.tokenizer import load_tokenizer
     from duomind.train.checkpoint import load_model
 
+    load_before = os.getloadavg()
     ckpt = args.checkpoint or _common.base_model(args.quick)
     base, tok = load_model(ckpt), load_tokenizer(ckpt)
     draft = load_model(draft_model(args.quick))
-    dirs = predictors(base, tok, args.quick)
+    dirs = predictors(base, tok, args.quick, args.predictor_steps, args.predictor_batch)
     if args.train_only:
         return
     layers = (1,) if args.quick else LAYERS
@@ -178,7 +184,7 @@ def main() -> None:
 
     # FIRP sweep over l and k (chain), math prompts; each config timed against plain decoding, alternating
     sweep = {}
-    prompts = sets["math"]
+    prompts = sets["math"][: args.sweep_prompts or len(sets["math"])]
     reference = methods["plain"](prompts)
     for i, (layer, k) in enumerate((layer, k) for layer in layers for k in range(1, K_MAX + 1)):
         st = Stats()
@@ -197,11 +203,13 @@ def main() -> None:
     firp_best = {s: max(results[s]["firp_chain"]["speedup"], results[s]["firp_tree"]["speedup"]) for s in results}
     firp_math_tps = max(results["math"]["firp_chain"]["tokens_per_s"], results["math"]["firp_tree"]["tokens_per_s"])
     result = {
-        "setup": {"model": str(ckpt), "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 2),
+        "setup": {"model": str(ckpt), "predictor_training": {"steps": args.predictor_steps,
+                                                             "batch": args.predictor_batch, "seq_len": 128}, "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 2),
                   "draft_params_m": round(sum(p.numel() for p in draft.parameters()) / 1e6, 2),
-                  "prompts_per_set": args.prompts, "new_tokens": n, "repeats": args.repeats, "batch": 1,
+                  "prompts_per_set": args.prompts, "sweep_prompts": len(prompts), "new_tokens": n, "repeats": args.repeats, "batch": 1,
                   "greedy": True, "dtype": "float32", "firp_layer": best_layer, "k": K_MAX,
-                  "tree": {"width": 3, "budget": 10}},
+                  "tree": {"width": 3, "budget": 10},
+                  "load_average_before_after": [load_before, os.getloadavg()]},
         "runs": results,
         "sweep": sweep,
         "firp_speedup": firp_best,

@@ -32,7 +32,7 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
         seed: Sampling seed.
         speculative: Speculative decoding (one prompt at a time): firp, medusa, lookup or draft. The output
             is the same as without it (greedy: token for token; sampling: in distribution).
-        predictors: FIRP / Medusa predictor directory (`duomind speculate train`); default CHECKPOINT/<method>.
+        predictors: FIRP / Medusa predictor directory (`duomind speculate train`); default CHECKPOINT/predictors.
         draft: Draft model checkpoint for --speculative draft.
         k: Draft length (default: the predictors' k).
         tree_width: Candidates per draft position (1: a chain; more: a token tree).
@@ -63,7 +63,7 @@ def generate_cli(checkpoint: str, prompt: str | list[str], max_new_tokens: int =
         from duomind.generate.speculative import speculative_generate
 
         if predictors is None and speculative in ("firp", "medusa"):
-            predictors = str(checkpoint / speculative)
+            predictors = str(checkpoint / "predictors")  # where `duomind serve` looks too
         drafter = make_drafter(model, speculative, predictors, draft, k, tree_width)
         out = []
         for p in ids:

@@ -137,9 +137,12 @@ def main() -> None:
     batch = 4 if q else 16
     ckpt, times = run_training(work, paths, align_steps, steps, batch, "tiny" if q else "demo", args.threads,
                                args.stop_at, args.time_limit_min * 60)
-    if ckpt.name != f"step-{steps:06d}" or ckpt.parent.name != "instruct":
+    complete = ckpt.name == f"step-{steps:06d}" and ckpt.parent.name == "instruct"
+    if not complete and (ckpt.parent.name != "instruct" or args.stop_at):
         print(f"training stopped at {ckpt}; run again to continue")
         return
+    if not complete:  # out of time: score what there is, say so, and let the next run continue the training
+        print(f"out of time at {ckpt.name} of {steps}; evaluating this checkpoint (run again to continue)")
     reports = evaluate(ckpt, paths)
     from duomind.apps.medical.model import load_vlm
 
@@ -167,6 +170,7 @@ def main() -> None:
         "setup": {"parameters": sum(p.numel() for p in model.parameters()), "decoder_preset": "tiny" if q else "demo",
                   "image_size": 32, "patch_size": 16, "tokens_per_image": model.config.n_patches,
                   "align_steps": align_steps, "instruct_steps": steps, "batch": batch, **sizes,
+                  "instruct_steps_done": int(ckpt.name.split("-")[1]), "training_complete": complete,
                   "test_closed_per_ability": reports["test"]["closed"]["n_by_ability"],
                   "test_premise_items": hall["n_negative"] + hall["n_positive"], "chance": 0.25, **times},
         "quick": q,

@@ -227,13 +227,18 @@ def _hist(history: list[dict]) -> dict:
     return dict(sorted(total.items()))
 
 
+def _smooth(values: list[float], window: int = 10) -> list[float]:
+    return [statistics.fmean(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+
+
 def plot(result: dict, path: Path) -> None:
     plt = _common.figure()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=120)
     for s, rows in result["curves"].items():
-        axes[0].plot([r["wall_s"] for r in rows], [r["reward_mean"] for r in rows], label=f"s = {s}")
-        axes[1].plot([r["samples"] for r in rows], [r["reward_mean"] for r in rows], label=f"s = {s}")
-    axes[0].set(xlabel="wall time (s)", ylabel="training reward (MARS)", title="reward vs wall time")
+        reward = _smooth([r["reward_mean"] for r in rows])
+        axes[0].plot([r["wall_s"] for r in rows], reward, label=f"s = {s}")
+        axes[1].plot([r["samples"] for r in rows], reward, label=f"s = {s}")
+    axes[0].set(xlabel="wall time (s)", ylabel="training reward (MARS), mean of 10 steps", title="reward vs wall time")
     axes[1].set(xlabel="samples", title="reward vs samples")
     keys = list(result["samples_per_s"])
     measured = [result["samples_per_s"][k] / result["samples_per_s"]["0"] for k in keys]

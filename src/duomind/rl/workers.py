@@ -29,12 +29,11 @@ class RolloutWorker:
         import torch
 
         torch.set_num_threads(threads)
+        import duomind.distill.loop  # noqa: F401  (imported now, not inside the first timed generation)
+        import duomind.generate  # noqa: F401
         from duomind.generate.cli import stop_ids
         from duomind.tokenizer import load_tokenizer
         from duomind.train.checkpoint import load_model
-
-        import duomind.distill.loop  # noqa: F401  (imported now, not inside the first timed generation)
-        import duomind.generate  # noqa: F401
 
         self.model = load_model(policy)
         self.tok = load_tokenizer(policy)

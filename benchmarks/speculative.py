@@ -116,13 +116,14 @@ def main() -> None:
     if args.train_only:
         return
     layers = (1,) if args.quick else LAYERS
-    best_layer = layers[len(layers) // 2] if not args.quick else 1
     sets = prompt_sets(tok, args.prompts)
     n = args.new_tokens
+    stop: list[int] = []  # a fixed n tokens each: past the end of text the model starts a new problem
 
     def spec(make):
         def run(prompts, stats=None):
-            return [speculative_generate(base, p, make(), max_new_tokens=n, stats=stats) for p in prompts]
+            return [speculative_generate(base, p, make(), max_new_tokens=n, stop_tokens=stop, stats=stats)
+                    for p in prompts]
         return run
 
     def hf(assistant=None):
@@ -132,16 +133,42 @@ def main() -> None:
                 for p in prompts:
                     x = torch.tensor([p])
                     kw = {"assistant_model": assistant} if assistant is not None else {}
-                    y = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False, pad_token_id=0, **kw)
+                    y = base.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                                      eos_token_id=stop, pad_token_id=0, **kw)
                     outs.append(y[0, len(p):].tolist())
             return outs
         return run
 
+    def plain(prompts, stats=None):
+        return [generate(base, [p], max_new_tokens=n, stop_tokens=stop)[0] for p in prompts]
+
+    lossless = True
+
+    # FIRP sweep over l and k (chain), math prompts; each point timed against plain decoding, alternating
+    sweep = {}
+    prompts = sets["math"][: args.sweep_prompts or len(sets["math"])]
+    reference = plain(prompts)
+    for i, (layer, k) in enumerate((layer, k) for layer in layers for k in range(1, K_MAX + 1)):
+        st = Stats()
+        run = spec(lambda layer=layer, k=k: predictor_drafter(base, dirs[f"firp-l{layer}"], k=k))
+        lossless &= run(prompts, st) == reference
+        t = {"plain": 0.0, "firp": 0.0}
+        for name in ("plain", "firp", "firp", "plain") if i % 2 == 0 else ("firp", "plain", "plain", "firp"):
+            t0 = time.perf_counter()
+            (plain if name == "plain" else run)(prompts)
+            t[name] += time.perf_counter() - t0
+        sweep[f"l{layer}_k{k}"] = {"layer": layer, "k": k, "speedup": t["plain"] / t["firp"],
+                                   "mean_accepted_length": st.mean_accepted_length,
+                                   "acceptance_per_position": st.acceptance_per_position}
+        print(f"sweep l={layer:2d} k={k}: {t['plain'] / t['firp']:.2f}x  accepted {st.mean_accepted_length:.2f}")
+    # the layer with the best mean speedup over k, and its best k, go into the comparison
+    best_layer = max(layers, key=lambda la: sum(v["speedup"] for v in sweep.values() if v["layer"] == la))
+    best_k = max((v for v in sweep.values() if v["layer"] == best_layer), key=lambda v: v["speedup"])["k"]
+
     firp_dir = dirs[f"firp-l{best_layer}"]
     methods = {
-        "plain": lambda prompts, stats=None: [generate(base, [p], max_new_tokens=n)[0] for p in prompts],
-        "firp_chain": spec(lambda: predictor_drafter(base, firp_dir, k=K_MAX)),
+        "plain": plain,
+        "firp_chain": spec(lambda: predictor_drafter(base, firp_dir, k=best_k)),
         "firp_tree": spec(lambda: predictor_drafter(base, firp_dir, k=K_MAX, width=3, budget=10)),
         "medusa_tree": spec(lambda: predictor_drafter(base, dirs["medusa"], k=K_MAX, width=3, budget=10)),
         "prompt_lookup": spec(lambda: PromptLookup(k=K_MAX)),
@@ -150,9 +177,9 @@ def main() -> None:
         "hf_assisted": hf(draft),
     }
     results: dict = {}
-    lossless = True
     for set_name, prompts in sets.items():
-        reference = methods["plain"](prompts)
+        reference = plain(prompts)
+        tokens = sum(len(o) for o in reference)
         stats, rows = {}, {}
         for name, run in methods.items():
             st = Stats()
@@ -172,33 +199,17 @@ def main() -> None:
                 t0 = time.perf_counter()
                 methods[name](prompts)
                 times[name].append(time.perf_counter() - t0)
-        plain_tps = len(prompts) * n / _common.stats(times["plain"])["median"]
+        plain_tps = tokens / _common.stats(times["plain"])["median"]
         for name in methods:
             s = _common.stats(times[name])
-            rows[name] |= {"tokens_per_s": len(prompts) * n / s["median"], "seconds": s}
+            rows[name] |= {"tokens_per_s": tokens / s["median"], "seconds": s}
             rows[name]["speedup"] = rows[name]["tokens_per_s"] / plain_tps
             acc = rows[name].get("mean_accepted_length")
+            if acc is not None:  # what one verify step costs, in plain decode steps
+                rows[name]["step_cost_in_plain_steps"] = acc / rows[name]["speedup"]
             print(f"{set_name:4s} {name:14s} {rows[name]['tokens_per_s']:7.1f} tok/s  {rows[name]['speedup']:5.2f}x  "
                   f"accepted {acc if acc is None else round(acc, 2)}  equal {rows[name]['equal_to_plain']}")
         results[set_name] = rows
-
-    # FIRP sweep over l and k (chain), math prompts; each config timed against plain decoding, alternating
-    sweep = {}
-    prompts = sets["math"][: args.sweep_prompts or len(sets["math"])]
-    reference = methods["plain"](prompts)
-    for i, (layer, k) in enumerate((layer, k) for layer in layers for k in range(1, K_MAX + 1)):
-        st = Stats()
-        run = spec(lambda layer=layer, k=k: predictor_drafter(base, dirs[f"firp-l{layer}"], k=k))
-        lossless &= run(prompts, st) == reference
-        t = {}
-        for name in (("plain", "firp") if i % 2 == 0 else ("firp", "plain")):
-            t0 = time.perf_counter()
-            (methods["plain"] if name == "plain" else run)(prompts)
-            t[name] = time.perf_counter() - t0
-        sweep[f"l{layer}_k{k}"] = {"layer": layer, "k": k, "speedup": t["plain"] / t["firp"],
-                                   "mean_accepted_length": st.mean_accepted_length,
-                                   "acceptance_per_position": st.acceptance_per_position}
-        print(f"sweep l={layer:2d} k={k}: {t['plain'] / t['firp']:.2f}x  accepted {st.mean_accepted_length:.2f}")
 
     firp_best = {s: max(results[s]["firp_chain"]["speedup"], results[s]["firp_tree"]["speedup"]) for s in results}
     firp_math_tps = max(results["math"]["firp_chain"]["tokens_per_s"], results["math"]["firp_tree"]["tokens_per_s"])
@@ -207,7 +218,8 @@ def main() -> None:
                                                              "batch": args.predictor_batch, "seq_len": 128}, "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 2),
                   "draft_params_m": round(sum(p.numel() for p in draft.parameters()) / 1e6, 2),
                   "prompts_per_set": args.prompts, "sweep_prompts": len(prompts), "new_tokens": n, "repeats": args.repeats, "batch": 1,
-                  "greedy": True, "dtype": "float32", "firp_layer": best_layer, "k": K_MAX,
+                  "greedy": True, "dtype": "float32", "firp_layer": best_layer, "firp_chain_k": best_k,
+                  "k": K_MAX, "stop": "none: n tokens per prompt",
                   "tree": {"width": 3, "budget": 10},
                   "load_average_before_after": [load_before, os.getloadavg()]},
         "runs": results,

@@ -100,14 +100,14 @@ def pass_counts(policy: Path, tasks: list, samples: int = 8, seed: int = 0) -> l
     return counts
 
 
-def config(paths: dict, s: int, out: Path, quick: bool):
+def config(paths: dict, s: int, out: Path, quick: bool, workers: int = 2):
     from duomind.rl.config import RLConfig
 
     return RLConfig(policy=str(paths["policy"]), prompts=str(paths["prompts"]), out_dir=str(out / f"s{s}"),
                     eval_data=str(paths["eval"]), eval_max=200, eval_mode="slow",
                     mode_mix=MODE_MIX, group_size=4 if quick else 8, batch_groups=2,
                     max_steps=3 if quick else 150, staleness=s, lr=2e-5, scale_std=False, temperature=1.0,
-                    max_new_tokens=24 if quick else 96, rewards={"normalize": False}, workers=2, worker_threads=1,
+                    max_new_tokens=24 if quick else 96, rewards={"normalize": False}, workers=workers, worker_threads=1,
                     threads=1, save_every=1000, progress=not quick, seed=0)
 
 
@@ -120,7 +120,9 @@ def final_reward(history: list[dict]) -> tuple[float, float]:
 
 
 def main() -> None:
-    args = _common.parser(__doc__.splitlines()[0]).parse_args()
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2, help="rollout workers (1 thread each)")
+    args = p.parse_args()
     out = _common.out_dir(args)
     import tempfile
 
@@ -139,7 +141,7 @@ def main() -> None:
     runs = {}
     try:
         for s in STALENESS:
-            summary = RLRun(config(paths, s, work, args.quick)).run()
+            summary = RLRun(config(paths, s, work, args.quick, args.workers)).run()
             runs[s] = summary
             print(f"s={s}: {summary['samples_per_s']:.2f} samples/s, learner idle "
                   f"{summary['learner_idle_fraction']:.0%}, accuracy "
@@ -164,7 +166,7 @@ def main() -> None:
     G = runs[0]["history"][0]["samples"] // 2
     sim = {str(s): simulate(latencies, step_s, workers=64, batch_groups=64, staleness=s, steps=50, group_size=G)
            for s in STALENESS}
-    sim_local = {str(s): simulate(latencies, step_s, workers=2, batch_groups=2, staleness=s, steps=200, group_size=G)
+    sim_local = {str(s): simulate(latencies, step_s, workers=args.workers, batch_groups=2, staleness=s, steps=200, group_size=G)
                  for s in STALENESS}
     finals = {str(s): final_reward(r["history"]) for s, r in runs.items()}
     greedy_before = sync["accuracy_before"]["accuracy"]
@@ -177,7 +179,7 @@ def main() -> None:
     result = {
         "setup": {"quick": args.quick, "policy": str(paths["policy"]), "tasks": TASKS, "levels": LEVELS,
                   "eval": f"{n_eval} unseen problems of medium difficulty for the starting policy (pass rate of 8 "
-                  "samples strictly between 1/3 and 2/3), slow mode", "workers": 2,
+                  "samples strictly between 1/3 and 2/3), slow mode", "workers": args.workers,
                   "worker_threads": 1, "learner_threads": 1, "cores": _common.provenance()["machine"]["cores"],
                   "group_size": G, "batch_groups": 2, "steps": runs[0]["steps"], "mode_mix": MODE_MIX,
                   "build_seconds": round(build_s, 1)},
@@ -207,7 +209,7 @@ def main() -> None:
         "simulation_64_workers": sim,
         "sim_throughput_ratio_ssp1_over_sync_64": sim["1"]["samples_per_s"] / sim["0"]["samples_per_s"],
         "sim_throughput_ratio_ssp2_over_sync_64": sim["2"]["samples_per_s"] / sim["0"]["samples_per_s"],
-        "simulation_2_workers": sim_local,
+        "simulation_local_workers": sim_local,
         "curves": {str(s): [{k: row[k] for k in ("step", "samples", "wall_s", "reward_mean", "accuracy")}
                             for row in r["history"]] for s, r in runs.items()},
         "goals": {"throughput_ratio_ssp1_over_sync >= 1.5": ratio1 >= 1.5,
@@ -245,7 +247,7 @@ def plot(result: dict, path: Path) -> None:
     simulated = [result["simulation_64_workers"][k]["samples_per_s"] / result["simulation_64_workers"]["0"]["samples_per_s"]
                  for k in keys]
     x = range(len(keys))
-    axes[2].bar([i - 0.2 for i in x], measured, 0.4, label="measured, 2 workers")
+    axes[2].bar([i - 0.2 for i in x], measured, 0.4, label=f"measured, {result['setup']['workers']} workers")
     axes[2].bar([i + 0.2 for i in x], simulated, 0.4, label="simulated, 64 workers")
     axes[2].axhline(1.5, ls="--", c="grey", lw=1)
     axes[2].set(xticks=list(x), xticklabels=[f"s = {k}" for k in keys], ylabel="samples/s / sync",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import pytest
 import torch
@@ -250,3 +251,37 @@ def test_cli_reports_bad_prompts_cleanly(tmp_path):
 
     with pytest.raises(SystemExit, match="duomind rl: error: prompts file .*missing.jsonl.* does not exist"):
         main(["rl", "--policy", str(tmp_path), "--prompts", str(tmp_path / "missing.jsonl"), "--progress", "false"])
+
+
+def test_http_reward_scores_through_the_reward_server():
+    import socket
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn")
+    from duomind.rewards.batch import Scorer
+    from duomind.rewards.config import RewardConfig
+    from duomind.rewards.service import create_app
+    from duomind.rl.reward import HttpReward, score_safely
+    from duomind.tasks import generate
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Scorer(RewardConfig(normalize=False), workers=0)),
+                                           host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        task = generate("add", n=1, seed=0)[0].to_dict()
+        samples = [{"id": "r", "task": task, "mode": "fast", "response": task["answer"]},
+                   {"id": "w", "task": task, "mode": "fast", "response": "-1"}]
+        right, wrong = score_safely(HttpReward(f"http://127.0.0.1:{port}", timeout_s=10), samples)
+        assert right["correct"] is True and wrong["correct"] is False and right["reward"] > wrong["reward"]
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    # the server is gone: every sample fails, nothing raises
+    gone = score_safely(HttpReward(f"http://127.0.0.1:{port}", timeout_s=1), samples)
+    assert [g["reward"] for g in gone] == [None, None] and all(g["error"] for g in gone)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import _common
 
@@ -27,8 +28,6 @@ K_MAX = 4
 
 def draft_model(quick: bool = False):
     """A small model (preset demo, 4 x 128) pre-trained on the bench-base corpus with its tokenizer."""
-    from pathlib import Path
-
     from duomind.config import TrainConfig, from_dict, load_mapping
     from duomind.train.loop import train
 
@@ -147,6 +146,7 @@ def main() -> None:
     # FIRP sweep over l and k (chain), math prompts; each point timed against plain decoding, alternating
     sweep = {}
     prompts = sets["math"][: args.sweep_prompts or len(sets["math"])]
+    sweep_prompts = len(prompts)
     reference = plain(prompts)
     for i, (layer, k) in enumerate((layer, k) for layer in layers for k in range(1, K_MAX + 1)):
         st = Stats()
@@ -217,7 +217,7 @@ def main() -> None:
         "setup": {"model": str(ckpt), "predictor_training": {"steps": args.predictor_steps,
                                                              "batch": args.predictor_batch, "seq_len": 128}, "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 2),
                   "draft_params_m": round(sum(p.numel() for p in draft.parameters()) / 1e6, 2),
-                  "prompts_per_set": args.prompts, "sweep_prompts": len(prompts), "new_tokens": n, "repeats": args.repeats, "batch": 1,
+                  "prompts_per_set": args.prompts, "sweep_prompts": sweep_prompts, "new_tokens": n, "repeats": args.repeats, "batch": 1,
                   "greedy": True, "dtype": "float32", "firp_layer": best_layer, "firp_chain_k": best_k,
                   "k": K_MAX, "stop": "none: n tokens per prompt",
                   "tree": {"width": 3, "budget": 10},
@@ -244,7 +244,7 @@ def main() -> None:
     ax1.axhline(2.0, color="r", lw=0.8, ls="--", label="goal (math)")
     ax1.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=30, fontsize=7)
     ax1.set_ylabel("speedup over plain decoding (tokens/s)")
-    ax1.set_title("batch 1, greedy, bench-base (CPU)", fontsize=9)
+    ax1.set_title(f"batch 1, greedy, {Path(str(ckpt)).name} (CPU, 1 thread)", fontsize=9)
     ax1.legend(fontsize=7)
     for layer in layers:
         ks = [v["k"] for v in sweep.values() if v["layer"] == layer]

@@ -89,7 +89,7 @@ def test_greedy_speculative_equals_plain_greedy_for_every_drafter_and_model(hf_l
     draft = DuoMind(ModelConfig(vocab_size=V, num_hidden_layers=1)).eval()
     for (name, model), prompt_seed in zip([*_models(), ("hf-llama", hf_llama)], itertools.count()):
         model.eval()
-        prompts = _prompts(8, prompt_seed)
+        prompts = _prompts(5, prompt_seed)
         reference = [generate(model, [p], max_new_tokens=16)[0] for p in prompts]
         for dname, make in _drafters(model, draft).items():
             stats = Stats()

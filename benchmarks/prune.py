@@ -88,7 +88,7 @@ def heldout(data_dir: Path, work: Path, quick: bool) -> tuple[Path, list]:
     text = work / "heldout.txt"
     if not text.is_file():
         text.write_text(corpus_text(tasks, seed=0))
-    checkable = [t for t in tasks if t.task != "code"][: 8 if quick else 24]
+    checkable = [t for t in tasks if t.task != "code"][: 8 if quick else 16]
     return text, checkable
 
 
@@ -237,7 +237,7 @@ def main() -> None:
     p.add_argument("--lock", default="none", help="which lane this run holds (recorded with the timings)")
     p.add_argument("--fresh_eval", action="store_true", help="re-measure models whose results are cached")
     p.add_argument("--target", type=float, default=0.5, help="parameter budget (fraction of the model)")
-    p.add_argument("--steps", type=int, default=12, help="KD recovery steps, the same for every method")
+    p.add_argument("--steps", type=int, default=8, help="KD recovery steps, the same for every method")
     p.add_argument("--batch", type=int, default=8, help="sequences per KD step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calibration_samples", type=int, default=8)

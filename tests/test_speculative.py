@@ -251,18 +251,18 @@ def test_cli_train_generate_and_bench(tmp_path, tiny_tokenizer_dir, corpus_file,
     run = train(TrainConfig(out_dir=str(tmp_path / "run"), data=str(corpus_file), tokenizer=str(tiny_tokenizer_dir),
                             seq_len=32, global_batch_size=8, micro_batch_size=8, max_steps=4, save_every=4,
                             progress=False, model_preset="tiny"))
-    main(["speculate", "train", str(run), str(run / "firp"), "--data", str(corpus_file), "--layer", "1", "--k", "2",
+    main(["speculate", "train", str(run), str(run / "predictors"), "--data", str(corpus_file), "--layer", "1", "--k", "2",
           "--steps", "2", "--seq_len", "32", "--sources", "8"])
-    assert (run / "firp" / "drafter.json").is_file()
+    assert (run / "predictors" / "drafter.json").is_file()  # beside the checkpoint: found by default
     plain = generate_cli(str(run), "Q: What is 2 + 3?\nA:", max_new_tokens=8, chat=False)
     for method in ("firp", "lookup"):
         assert generate_cli(str(run), "Q: What is 2 + 3?\nA:", max_new_tokens=8, chat=False, speculative=method,
                             tree_width=2) == plain
-    main(["speculate", "bench", str(run), "--predictors", f"[{run / 'firp'}]", "--n_prompts", "1",
+    main(["speculate", "bench", str(run), "--predictors", f"[{run / 'predictors'}]", "--n_prompts", "1",
           "--max_new_tokens", "6", "--repeats", "1"])
     assert "tokens/s" in capsys.readouterr().out
-    result = bench_cli(str(run), predictors=[str(run / "firp")], n_prompts=2, max_new_tokens=6, repeats=1)
-    assert set(result) == {"plain", "lookup", "firp:firp chain", "firp:firp tree"}
+    result = bench_cli(str(run), predictors=[str(run / "predictors")], n_prompts=2, max_new_tokens=6, repeats=1)
+    assert set(result) == {"plain", "lookup", "firp:predictors chain", "firp:predictors tree"}
     assert all(row["equal_to_plain"] and row["tokens_per_s"] > 0 for row in result.values())
     with pytest.raises(SystemExit, match="out of range"):
         main(["speculate", "train", str(run), str(tmp_path / "bad"), "--data", str(corpus_file), "--layer", "2"])

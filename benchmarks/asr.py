@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -200,6 +201,7 @@ def main() -> None:
     from duomind.apps.asr.train import read_manifest
     from duomind.apps.asr.transcribe import load_pipeline
 
+    load_before = os.getloadavg()[0]  # timings are only fair on a quiet machine (the timing lane)
     with tempfile.TemporaryDirectory(prefix="asr-bench-") as tmp:
         if args.quick:
             model_dir, rows = quick_setup(Path(tmp))
@@ -217,6 +219,7 @@ def main() -> None:
              "rtf_ctc<=0.1": result["rtf_ctc"] <= 0.1,
              "faster_than_whisper": result["rtf_ctc"] < result["rtf_whisper_same_size"]}
     result["goals_met"] = goals
+    result["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     result["quick"] = args.quick
     print(f"mean CER beam {result['mean_cer']:.3f} / CTC {result['mean_cer_ctc']:.3f}; LID {result['lid_accuracy']:.3f}")
     print(f"RTF CTC {result['rtf_ctc']:.4f}, beam {result['rtf_beam']:.4f}, Whisper same size "

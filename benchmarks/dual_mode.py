@@ -1,0 +1,83 @@
+"""Fast vs slow vs auto: accuracy and response tokens per difficulty of the dual-system model.
+
+Trains (or reuses) the model of recipes/reasoner/dual.yaml: fast + slow SFT on the synthetic tasks, auto labels
+from the model's own fast-mode pass rate, fusion SFT (duomind.reasoner.dual); then answers held-out problems
+greedily in each mode. Goals (issue 11): auto accuracy >= 0.95 x slow, auto tokens <= 0.6 x slow, slow beats
+fast by >= 20 points at difficulty >= 3.
+
+    python benchmarks/dual_mode.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from _common import CACHE, figure, out_dir, parser, write
+
+from duomind.config import load_mapping, from_dict
+from duomind.reasoner.dual import EVAL_MODES, DualConfig, train_dual
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "dual.yaml"
+
+
+def config(quick: bool, threads: int | None) -> DualConfig:
+    recipe = load_mapping(RECIPE)
+    recipe.update(out_dir=str(CACHE / ("reasoner-dual-quick" if quick else "reasoner-dual")), threads=threads)
+    if quick:
+        recipe.update(tasks=["add"], difficulty=[1, 3], n=160, heldout_fraction=0.1, model_preset="tiny",
+                      vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4, label_pool=8,
+                      label_samples=2, max_new_tokens=32, eval_limit=8, gen_batch_size=16, progress=False)
+    return from_dict(DualConfig, recipe, str(RECIPE))
+
+
+def hard_mean(by_level: dict[str, float]) -> float:
+    vals = [v for k, v in by_level.items() if int(k) >= 3]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    out = out_dir(args)
+    cfg = config(args.quick, args.threads)
+    report = train_dual(cfg)
+    ev = report["eval"]
+    acc = {m: ev[m]["accuracy"] for m in EVAL_MODES}
+    tokens = {m: ev[m]["mean_tokens"] for m in EVAL_MODES}
+    hard = {m: hard_mean(ev[m]["by_difficulty"]) for m in EVAL_MODES}
+    result = {
+        "accuracy": acc, "tokens": tokens,
+        "accuracy_by_difficulty": {m: ev[m]["by_difficulty"] for m in EVAL_MODES},
+        "tokens_by_difficulty": {m: ev[m]["tokens_by_difficulty"] for m in EVAL_MODES},
+        "auto_think_share_by_difficulty": ev["auto"]["think_share_by_difficulty"],
+        "auto_accuracy_over_slow": acc["auto"] / acc["slow"] if acc["slow"] else float("nan"),
+        "auto_tokens_over_slow": tokens["auto"] / tokens["slow"] if tokens["slow"] else float("nan"),
+        "slow_minus_fast_hard": hard["slow"] - hard["fast"],
+        "auto_labels": report["labels"], "n_eval": ev["fast"]["n"],
+        "setup": {k: v for k, v in report["config"].items() if k not in ("out_dir", "progress")},
+    }
+    result["goals_met"] = {"auto_accuracy_over_slow >= 0.95": result["auto_accuracy_over_slow"] >= 0.95,
+                           "auto_tokens_over_slow <= 0.6": result["auto_tokens_over_slow"] <= 0.6,
+                           "slow_minus_fast_hard >= 0.2": result["slow_minus_fast_hard"] >= 0.2}
+    print(f"{'mode':6} {'accuracy':>9} {'tokens':>7}  by difficulty")
+    for m in EVAL_MODES:
+        levels = " ".join(f"L{k} {v:.0%}/{ev[m]['tokens_by_difficulty'][k]:.0f}t" for k, v in ev[m]["by_difficulty"].items())
+        print(f"{m:6} {acc[m]:9.1%} {tokens[m]:7.1f}  {levels}")
+    print("goals:", result["goals_met"])
+    write("dual_mode", result, out)
+
+    plt = figure()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for m, style in zip(EVAL_MODES, ("o-", "s-", "^--")):
+        levels = list(ev[m]["by_difficulty"])
+        ax1.plot([int(k) for k in levels], [ev[m]["by_difficulty"][k] for k in levels], style, label=m)
+        ax2.plot([int(k) for k in levels], [ev[m]["tokens_by_difficulty"][k] for k in levels], style, label=m)
+    ax1.set(xlabel="difficulty", ylabel="held-out accuracy (greedy)", ylim=(0, 1.02))
+    ax2.set(xlabel="difficulty", ylabel="response tokens (mean)")
+    ax1.legend()
+    fig.suptitle("dual-system model: fast / slow / auto")
+    fig.tight_layout()
+    fig.savefig(out / "dual_mode.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Fast vs slow vs auto: accuracy and response tokens per difficulty of the dual-system model.
 
-Trains (or reuses) the model of recipes/reasoner/dual.yaml: fast + slow SFT on the synthetic tasks, auto labels
+Trains (or reuses) the model of recipes/reasoner/default.yaml: fast + slow SFT on the synthetic tasks, auto labels
 from the model's own fast-mode pass rate, fusion SFT (duomind.reasoner.dual); then answers held-out problems
 greedily in each mode. Goals (issue 11): auto accuracy >= 0.95 x slow, auto tokens <= 0.6 x slow, slow beats
 fast by >= 20 points at difficulty >= 3.
@@ -13,26 +13,47 @@ from __future__ import annotations
 from pathlib import Path
 
 from _common import CACHE, figure, out_dir, parser, write
-
-from duomind.config import load_mapping, from_dict
+from duomind.config import from_dict, load_mapping
 from duomind.reasoner.dual import EVAL_MODES, DualConfig, train_dual
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "dual.yaml"
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "default.yaml"
 
 
 def config(quick: bool, threads: int | None) -> DualConfig:
     recipe = load_mapping(RECIPE)
-    recipe.update(out_dir=str(CACHE / ("reasoner-dual-quick" if quick else "reasoner-dual")), threads=threads)
+    recipe.update(out_dir=str(CACHE / ("reasoner-dual-quick" if quick else "reasoner-dual")), threads=threads,
+                  ship_to=None)
     if quick:
         recipe.update(tasks=["add"], difficulty=[1, 3], n=160, heldout_fraction=0.1, model_preset="tiny",
                       vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4, label_pool=8,
-                      label_samples=2, max_new_tokens=32, eval_limit=8, gen_batch_size=16, progress=False)
+                      label_samples=2, max_new_tokens=32, eval_limit=8, gen_batch_size=16, firp_steps=3,
+                      firp_batch_size=4, speed_prompts=2, progress=False)
     return from_dict(DualConfig, recipe, str(RECIPE))
 
 
 def hard_mean(by_level: dict[str, float]) -> float:
     vals = [v for k, v in by_level.items() if int(k) >= 3]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def router_bounds(ev: dict) -> dict:
+    """What a perfect auto router could reach on these answers, to read the measured one against.
+
+    `fast_if_solved`: skip thinking exactly where the fast answer is right (the rule auto labels follow).
+    `fast_unless_thinking_helps`: also skip it where the slow answer is wrong anyway (AdaptThink's optimum).
+    """
+    fast, slow = ev["fast"]["items"], ev["slow"]["items"]
+    slow_tokens = sum(slow["tokens"])
+    out = {}
+    for name, rule in (("fast_if_solved", lambda f, s: f),
+                       ("fast_unless_thinking_helps", lambda f, s: f or not s)):
+        pick = [rule(f, s) for f, s in zip(fast["correct"], slow["correct"])]
+        correct = [f if p else s for p, f, s in zip(pick, fast["correct"], slow["correct"])]
+        tokens = [f if p else s for p, f, s in zip(pick, fast["tokens"], slow["tokens"])]
+        out[name] = {"fast_share": sum(pick) / len(pick),
+                     "accuracy_over_slow": sum(correct) / max(sum(slow["correct"]), 1),
+                     "tokens_over_slow": sum(tokens) / max(slow_tokens, 1)}
+    return out
 
 
 def main() -> None:
@@ -52,7 +73,8 @@ def main() -> None:
         "auto_accuracy_over_slow": acc["auto"] / acc["slow"] if acc["slow"] else float("nan"),
         "auto_tokens_over_slow": tokens["auto"] / tokens["slow"] if tokens["slow"] else float("nan"),
         "slow_minus_fast_hard": hard["slow"] - hard["fast"],
-        "auto_labels": report["labels"], "n_eval": ev["fast"]["n"],
+        "auto_labels": report["labels"], "n_eval": ev["fast"]["n"], "router_bounds": router_bounds(ev),
+        "firp": {k: v for k, v in report.get("firp", {}).items() if k != "seconds"},
         "setup": {k: v for k, v in report["config"].items() if k not in ("out_dir", "progress")},
     }
     result["goals_met"] = {"auto_accuracy_over_slow >= 0.95": result["auto_accuracy_over_slow"] >= 0.95,
@@ -62,6 +84,9 @@ def main() -> None:
     for m in EVAL_MODES:
         levels = " ".join(f"L{k} {v:.0%}/{ev[m]['tokens_by_difficulty'][k]:.0f}t" for k, v in ev[m]["by_difficulty"].items())
         print(f"{m:6} {acc[m]:9.1%} {tokens[m]:7.1f}  {levels}")
+    for name, b in result["router_bounds"].items():
+        print(f"perfect router, {name}: fast {b['fast_share']:.0%}, accuracy {b['accuracy_over_slow']:.2f}x slow, "
+              f"tokens {b['tokens_over_slow']:.2f}x slow")
     print("goals:", result["goals_met"])
     write("dual_mode", result, out)
 

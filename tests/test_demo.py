@@ -1,18 +1,29 @@
-"""`duomind demo` end to end at toy scale: data, tokenizer, pre-training, SFT, the table; a rerun reuses it all."""
+"""`duomind demo` on a shipped reasoner: every mode answers, auto reports its choice, FIRP is lossless."""
 
 from __future__ import annotations
 
-from duomind.demo import demo
+import pytest
+
+from duomind.demo import demo, pick
+from duomind.tasks import generate
 
 
-def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, capsys):
-    out = tmp_path / "demo"
-    acc = demo(out_dir=str(out), pretrain_steps=3, sft_steps=2, n=400, show=3, threads=1)
-    assert set(acc) == {"fast", "slow"} and all(0.0 <= a <= 1.0 for a in acc.values())
+def test_demo_answers_in_every_mode_with_firp_on(shipped_reasoner, capsys):
+    _, _, asset = shipped_reasoner
+    summary = demo(checkpoint=str(asset), per_level=1, max_tokens=24, threads=1)
+    assert set(summary) == {"fast", "slow", "auto", "speed"}
+    assert all(0.0 <= summary[m]["accuracy"] <= 1.0 for m in ("fast", "slow", "auto"))
+    assert summary["speed"]["equal_outputs"] is True  # FIRP on or off: the same greedy tokens
     printed = capsys.readouterr().out
-    assert "held-back problems" in printed and "accuracy on" in printed
-    final = out / "sft" / "step-000002"
-    assert (final / "model.safetensors").is_file() and (out / "pretrain" / "loss.png").is_file()
-    stamp = (final / "model.safetensors").stat().st_mtime_ns
-    assert demo(out_dir=str(out), pretrain_steps=3, sft_steps=2, n=400, show=3, threads=1) == acc
-    assert (final / "model.safetensors").stat().st_mtime_ns == stamp  # nothing retrained
+    assert "held-back problems" in printed and "FIRP speculative decoding on" in printed
+
+
+def test_demo_names_missing_problems(shipped_reasoner, tmp_path):
+    _, _, asset = shipped_reasoner
+    with pytest.raises(FileNotFoundError, match="--problems"):
+        demo(checkpoint=str(asset), problems=str(tmp_path / "none.jsonl"), threads=1)
+
+
+def test_pick_takes_the_first_problems_of_each_level():
+    tasks = generate("add", n=3, seed=0, difficulty=2) + generate("add", n=3, seed=0, difficulty=1)
+    assert [t.difficulty for t in pick(tasks, 2)] == [1, 1, 2, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,21 +51,53 @@ def test_config_rejects_bad_threshold():
         DualConfig(fast_threshold=0.0)
 
 
-def test_pipeline_runs_and_resumes(tmp_path):
-    cfg = DualConfig(out_dir=str(tmp_path / "r"), tasks=["add"], difficulty=[1, 2], n=120, heldout_fraction=0.1,
-                     model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4,
-                     label_pool=6, label_samples=2, max_new_tokens=24, eval_limit=6, gen_batch_size=16, threads=1,
-                     progress=False)
-    report = train_dual(cfg)
+def test_pipeline_runs_and_resumes(shipped_reasoner):
+    cfg, report, _ = shipped_reasoner
+    run = Path(cfg.out_dir)
     assert set(report["eval"]) == {"fast", "slow", "auto"}
-    labels = [json.loads(x) for x in (tmp_path / "r" / "labels.jsonl").read_text().splitlines()]
+    labels = [json.loads(x) for x in (run / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 6 and all(r["label"] == ("fast" if r["fast_pass_rate"] >= 0.75 else "slow") for r in labels)
-    fusion = (tmp_path / "r" / "fusion.jsonl").read_text().splitlines()
+    fusion = (run / "fusion.jsonl").read_text().splitlines()
     assert len(fusion) == 3 * 6
     assert report["labels"]["n"] == 6
     for ev in report["eval"].values():
         assert ev["n"] == 6 and 0.0 <= ev["accuracy"] <= 1.0 and set(ev["tokens_by_difficulty"]) <= {"1", "2"}
     # a finished run is returned as it is: no stage runs again
-    before = (tmp_path / "r" / "report.json").stat().st_mtime_ns
+    before = (run / "report.json").stat().st_mtime_ns
     assert train_dual(cfg) == report
-    assert (tmp_path / "r" / "report.json").stat().st_mtime_ns == before
+    assert (run / "report.json").stat().st_mtime_ns == before
+
+
+def test_firp_stage_is_lossless_and_the_shipped_model_is_the_trained_one(shipped_reasoner):
+    import torch
+
+    from duomind.reasoner.ship import is_shipped
+    from duomind.train.checkpoint import load_model
+
+    cfg, report, asset = shipped_reasoner
+    assert report["firp"]["equal_outputs"] is True  # speculative decoding reproduces greedy token for token
+    assert report["firp"]["prompts"] == 2 and report["firp"]["speedup"] > 0
+    assert is_shipped(asset) and (asset / "predictors" / "drafter.json").is_file()
+    assert (asset / "heldout.jsonl").read_text() == (Path(cfg.out_dir) / "data" / "heldout.jsonl").read_text()
+    assert not (asset / "optimizer.safetensors").exists() and not (asset / "trainer_state.json").exists()
+    ids = torch.arange(1, 20)[None]
+    with torch.no_grad():
+        assert torch.equal(load_model(asset)(ids).logits, load_model(report["model"])(ids).logits)
+    card = (asset / "README.md").read_text()
+    for mode in ("fast", "slow", "auto"):  # the card's table holds the measured numbers
+        assert f"| {mode} | {report['eval'][mode]['accuracy']:.0%} | {report['eval'][mode]['mean_tokens']:.1f} |" in card
+
+
+def test_a_failed_ship_leaves_the_previous_model_in_place(shipped_reasoner, tmp_path):
+    import shutil
+
+    from duomind.reasoner.ship import ship
+
+    _, report, asset = shipped_reasoner
+    dest = tmp_path / "asset"
+    shutil.copytree(asset, dest)
+    before = sorted(p.name for p in dest.iterdir())
+    with pytest.raises(FileNotFoundError):
+        ship(report["model"], dest, report, predictors=tmp_path / "missing")
+    assert sorted(p.name for p in dest.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["asset"]  # no temporary directory left behind

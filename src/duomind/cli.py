@@ -21,7 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("duomind.serve.cli:chat_cli", "Chat with a model in the terminal: streaming, thinking dimmed, /fast /slow /auto."),
     "convert": ("duomind.convert:convert_cli", "Convert a Hugging Face checkpoint to DuoMind or back (direction from SRC)."),
     "data make": ("duomind.tasks.cli:make", "Write synthetic verifiable task data: tasks, pre-training corpus, SFT chats."),
-    "demo": ("duomind.demo:demo", "Train a small model on the synthetic tasks and show it answering held-back problems."),
+    "demo": ("duomind.demo:demo", "The embedded reasoner answers held-back problems in fast, slow and auto mode (FIRP on)."),
     "distill": ("duomind.distill.cli:distill_cli", "Iterative distillation: teacher sampling, verification, difficulty-balanced SFT, merging."),
     "generate": ("duomind.generate.cli:generate_cli", "Generate text from a checkpoint with DuoMind's KV-cache decode loop."),
     "med eval": ("duomind.apps.medical.cli:eval_cli", "Evaluate a VLM on medical multi-image QA / hallucination data: accuracy, judge rubric, ROUGE-L, BLEU."),

@@ -1,97 +1,119 @@
-"""`duomind demo`: the whole pipeline in a few minutes on a laptop CPU.
+"""`duomind demo`: the embedded reasoner answers held-back problems in fast, slow and auto mode.
 
-synthetic task data -> BPE tokenizer -> SFT on fast and slow chats (optionally after pre-training on the
-task corpus) -> answers to held-back problems, shown in a table. A second run reuses everything already
-built and only shows the table. Within a few CPU minutes, fine-tuning from scratch beats spending part of
-the budget on pre-training: the corpus's prompts are random numbers, unlearnable text that costs steps.
+Loads the embedded default model (assets/duomind-reasoner, built by recipes/reasoner/default.yaml), answers
+problems it never saw through the serving engine, one request at a time so that FIRP speculative decoding
+runs, and shows per problem the answer, its correctness, the mode auto chose and the tokens spent; then
+accuracy and tokens per mode, and slow-mode decoding speed with FIRP on and off.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import time
 from pathlib import Path
 
-DEMO_TASKS = ["add", "arith", "sequence", "word"]
+from duomind.tokenizer import MODES
 
 
-def _answer(text: str) -> str:
-    """The final answer of a reply: after </think> if the model reasoned, up to the end of the turn."""
-    text = text.split("</think>")[-1]
-    text = text.split("<|im_end|>")[0]
-    return re.sub(r"\s+", " ", text).strip()
+def _ask(engine, prompt: str, mode: str, max_tokens: int) -> dict:
+    """One greedy request through the engine, waited for: answer, mode run, tokens, seconds, token ids."""
+    from duomind.reasoner.control import RepairConfig, ThinkingControl
+    from duomind.serve.engine import SamplingParams
+    from duomind.tokenizer import chat_prompt, special_ids
+
+    ids = chat_prompt(engine.tok, [{"role": "user", "content": prompt}], mode=mode)
+    out: queue.Queue = queue.Queue()
+    t0 = time.perf_counter()
+    engine.submit(ids, SamplingParams(max_tokens=max_tokens), ThinkingControl(mode, special_ids(engine.tok), None,
+                                                                              RepairConfig()), out.put)
+    content = []
+    while True:
+        d = out.get()
+        content.append(d.content)
+        if d.finish_reason:
+            break
+    if d.finish_reason == "error":
+        raise RuntimeError(f"the engine failed on {prompt!r}: {d.error}")
+    return {"answer": re.sub(r"\s+", " ", "".join(content)).strip(), "mode": d.mode, "tokens": d.completion_tokens,
+            "seconds": time.perf_counter() - t0, "ids": d.token_ids}
 
 
-def build(out_dir: Path, pretrain_steps: int, sft_steps: int, n: int, threads: int | None) -> Path:
-    """Make data, tokenizer and the trained model under out_dir; returns the final checkpoint."""
-    from duomind.config import TrainConfig
-    from duomind.tasks.cli import make
-    from duomind.tokenizer import train_cli
-    from duomind.train.loop import train
-
-    data = out_dir / "data"
-    if not (data / "sft.jsonl").is_file():
-        make(out_dir=str(data), n=n, seed=0, tasks=DEMO_TASKS, difficulty=[1], heldout_fraction=0.02)
-    tok = out_dir / "tokenizer"
-    if not (tok / "tokenizer.json").is_file():
-        train_cli(str(data / "corpus.txt"), out=str(tok), vocab_size=512)
-    common = dict(model_preset="demo", seq_len=128, global_batch_size=32, micro_batch_size=32, save_every=10**6,
-                  log_every=20, threads=threads, weight_decay=0.0)
-    start = {"tokenizer": str(tok)}  # pretrain_steps=0: fine-tune a fresh model directly
-    if pretrain_steps > 0:
-        pre = train(TrainConfig(out_dir=str(out_dir / "pretrain"), mode="pretrain", data=str(data / "corpus.txt"),
-                                tokenizer=str(tok), max_steps=pretrain_steps, lr=3e-3, min_lr=3e-4, warmup_steps=30,
-                                **common))
-        start = {"init_from": str(pre)}
-    return train(TrainConfig(out_dir=str(out_dir / "sft"), mode="sft", data=str(data / "sft.jsonl"),
-                             max_steps=sft_steps, lr=2e-3, min_lr=2e-4, warmup_steps=10, **start, **common))
+def pick(tasks: list, per_level: int) -> list:
+    """The first `per_level` problems of each difficulty level, levels in order."""
+    chosen: dict[int, list] = {}
+    for t in tasks:
+        if len(chosen.setdefault(t.difficulty, [])) < per_level:
+            chosen[t.difficulty].append(t)
+    return [t for level in sorted(chosen) for t in chosen[level]]
 
 
-def demo(out_dir: str = "runs/demo", pretrain_steps: int = 0, sft_steps: int = 1800, n: int = 12000,
-         show: int = 12, threads: int | None = None) -> dict[str, float]:
-    """Train a small model on the synthetic tasks and show it answering held-back problems.
+def demo(checkpoint: str | None = None, problems: str | None = None, per_level: int = 4, max_tokens: int = 176,
+         threads: int | None = None) -> dict:
+    """Answer held-back problems with the embedded reasoner in fast, slow and auto mode (FIRP on).
 
     Args:
-        out_dir: Where data, tokenizer, checkpoints and plots go; an existing demo there is reused.
-        pretrain_steps: Pre-training steps on the task corpus (0: fine-tune a fresh model directly).
-        sft_steps: Supervised fine-tuning steps on fast and slow chats.
-        n: Synthetic records to generate.
-        show: Held-back problems to show in the table (accuracy is over all of them).
+        checkpoint: A reasoner checkpoint (default: the embedded model in assets/duomind-reasoner).
+        problems: Task records to answer (JSONL from `duomind data make`; default: the model's heldout.jsonl).
+        per_level: Problems shown per difficulty level.
+        max_tokens: Most new tokens per answer (thinking included).
         threads: torch threads (default: all cores).
     """
+    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from duomind.generate import generate
-    from duomind.generate.cli import stop_ids
+    from duomind.serve.cli import load_engine
+    from duomind.serve.engine import Engine
     from duomind.tasks import check_answer, read_tasks
-    from duomind.tokenizer import chat_prompt, load_tokenizer
-    from duomind.train.checkpoint import load_model
 
-    start = time.perf_counter()
-    out = Path(out_dir)
-    final = build(out, pretrain_steps, sft_steps, n, threads)
-    model, tok = load_model(final), load_tokenizer(final)
-    heldout = read_tasks(out / "data" / "heldout.jsonl")
-    results = {}
-    for mode in ("fast", "slow"):
-        prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode=mode) for t in heldout]
-        replies = []
-        for i in range(0, len(prompts), 32):
-            replies += generate(model, prompts[i:i + 32], max_new_tokens=96, stop_tokens=stop_ids(tok))
-        results[mode] = [_answer(tok.decode(r)) for r in replies]
+    if threads:
+        torch.set_num_threads(threads)
     console = Console()
-    table = Table(title=f"held-back problems ({final})", show_lines=False)
-    for col in ("task", "lvl", "problem", "expected", "fast", "slow"):
+    engine, path = load_engine(checkpoint, max_batch=1)
+    source = Path(problems) if problems else path / "heldout.jsonl"
+    if not source.is_file():
+        raise FileNotFoundError(f"no problems to answer: {str(source)!r} does not exist; pass --problems FILE "
+                                "(task records from `duomind data make`).")
+    tasks = pick(read_tasks(source), per_level)
+    firp = engine.speculation is not None
+    console.print(f"[bold]{path}[/bold]: {len(tasks)} held-back problems, greedy, one request at a time"
+                  f"{', FIRP speculative decoding on' if firp else ' (no FIRP predictors beside the model)'}")
+    answers = {m: [_ask(engine, t.prompt, m, max_tokens) for t in tasks] for m in MODES}
+    correct = {m: [check_answer(t, a["answer"]) for t, a in zip(tasks, answers[m])] for m in MODES}
+
+    table = Table(title="held-back problems: answer (tokens); auto shows the mode it chose")
+    for col in ("lvl", "problem", "expected", "fast", "slow", "auto"):
         table.add_column(col, overflow="fold")
-    for i, t in enumerate(heldout[:show]):
-        marks = [("[green]" if check_answer(t, results[m][i]) else "[red]") + results[m][i] for m in ("fast", "slow")]
-        table.add_row(t.task, str(t.difficulty), t.prompt, t.answer, *marks)
+    for i, t in enumerate(tasks):
+        cells = []
+        for m in MODES:
+            a = answers[m][i]
+            chose = f" {a['mode']}" if m == "auto" else ""
+            cells.append(f"[{'green' if correct[m][i] else 'red'}]{a['answer'] or '-'}[/] ({a['tokens']}{chose})")
+        table.add_row(str(t.difficulty), t.prompt, t.answer, *cells)
     console.print(table)
-    acc = {m: sum(check_answer(t, a) for t, a in zip(heldout, results[m])) / len(heldout) for m in results}
-    console.print(f"accuracy on {len(heldout)} held-back problems: fast {acc['fast']:.1%} · slow {acc['slow']:.1%}"
-                  f"   (loss curves: {', '.join(str(p) for p in sorted(out.glob('*/loss.png')))}; "
-                  f"{time.perf_counter() - start:.0f} s)")
-    console.print("A ~1M-parameter model after a few minutes on a CPU: more steps (--pretrain_steps, --sft_steps) "
-                  "trade time for accuracy; slow mode shows what thinking out loud buys.")
-    return acc
+
+    summary = {m: {"accuracy": sum(correct[m]) / len(tasks), "mean_tokens": sum(a["tokens"] for a in answers[m]) / len(tasks)}
+               for m in MODES}
+    summary["auto"]["think_share"] = sum(a["mode"] == "slow" for a in answers["auto"]) / len(tasks)
+    console.print("  ".join(f"{m}: {s['accuracy']:.0%} correct, {s['mean_tokens']:.0f} tokens" for m, s in summary.items())
+                  + f"  (auto thought on {summary['auto']['think_share']:.0%})")
+    if firp:
+        plain = Engine(engine.model, engine.tok, max_batch=1)
+        try:
+            again = [_ask(plain, t.prompt, "slow", max_tokens) for t in tasks]
+        finally:
+            plain.close()
+        tokens = sum(a["tokens"] for a in again)
+        on = tokens / sum(a["seconds"] for a in answers["slow"])
+        off = tokens / sum(a["seconds"] for a in again)
+        same = all(a["ids"] == b["ids"] for a, b in zip(answers["slow"], again))
+        summary["speed"] = {"firp_tokens_per_s": on, "plain_tokens_per_s": off, "speedup": on / off,
+                            "equal_outputs": same}
+        console.print(f"slow mode speed: FIRP {on:.0f} tokens/s, plain decoding {off:.0f} tokens/s ({on / off:.2f}x); "
+                      f"identical outputs: {'yes' if same else 'NO'}")
+    engine.close()
+    console.print(f"More: `duomind chat` (terminal chat), `duomind serve` (OpenAI-compatible API), "
+                  f"{path / 'README.md'} (model card).")
+    return summary

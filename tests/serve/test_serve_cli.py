@@ -10,7 +10,7 @@ from duomind.serve import cli
 
 def test_default_checkpoint_is_the_embedded_model_or_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEFAULT_MODEL", tmp_path / "duomind-reasoner")
-    with pytest.raises(FileNotFoundError, match="pass one, e.g. `duomind serve runs/demo/sft`"):
+    with pytest.raises(FileNotFoundError, match="pass one, e.g. `duomind serve runs/reasoner`"):
         cli.default_checkpoint(None)
     (tmp_path / "duomind-reasoner").mkdir()
     (tmp_path / "duomind-reasoner" / "config.json").write_text("{}")

@@ -215,8 +215,11 @@ def sample_chunked(model, tok, tasks: list[Task], mode: str, n: int, temperature
 
 
 def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batch_size: int, verifier: Verifier,
-             progress: bool = False) -> dict:
-    """Greedy answers to `tasks`: accuracy per difficulty and task, response tokens, share of answers that thought."""
+             progress: bool = False, items: bool = False) -> dict:
+    """Greedy answers to `tasks`: accuracy per difficulty and task, response tokens, share of answers that thought.
+
+    With `items`, also the per-task lists (`items`: correct, tokens, thought), in the order of `tasks`.
+    """
     from duomind.generate import generate
     from duomind.generate.cli import stop_ids
     from duomind.tokenizer import chat_prompt
@@ -241,10 +244,13 @@ def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batc
         return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
     level = lambda t: t.difficulty  # noqa: E731
-    return {"accuracy": sum(correct) / max(len(correct), 1), "n": len(correct),
-            "by_difficulty": mean_by(level, correct), "by_task": mean_by(lambda t: t.task, correct),
-            "mean_tokens": sum(lengths) / max(len(lengths), 1), "tokens_by_difficulty": mean_by(level, lengths),
-            "think_share": sum(thought) / max(len(thought), 1), "think_share_by_difficulty": mean_by(level, thought)}
+    report = {"accuracy": sum(correct) / max(len(correct), 1), "n": len(correct),
+              "by_difficulty": mean_by(level, correct), "by_task": mean_by(lambda t: t.task, correct),
+              "mean_tokens": sum(lengths) / max(len(lengths), 1), "tokens_by_difficulty": mean_by(level, lengths),
+              "think_share": sum(thought) / max(len(thought), 1), "think_share_by_difficulty": mean_by(level, thought)}
+    if items:
+        report["items"] = {"id": [t.id for t in tasks], "correct": correct, "tokens": lengths, "thought": thought}
+    return report
 
 
 def plot_report(rows: list[dict], path: Path, title: str) -> None:

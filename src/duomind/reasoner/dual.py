@@ -7,6 +7,8 @@ Stages, each skipped when its output exists (so an interrupted run resumes):
 3. labels: the student's own fast-mode pass rate on a pool of training problems -> auto labels.
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
 5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
+6. FIRP predictors for the final model (`firp_steps` > 0) and their measured speed-up in slow mode.
+7. ship (`ship_to`): the model, predictors, held-back problems and a model card (duomind.reasoner.ship).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class DualConfig:
         fusion_lr: Peak learning rate of the fusion SFT.
         max_new_tokens: Longest response in labelling and evaluation.
         eval_limit: Held-out problems to evaluate (0: all).
+        firp_steps: Training steps of FIRP predictors for the final model (0: none).
+        firp_batch_size: Windows per FIRP training step.
+        speed_prompts: Held-out slow-mode prompts timed with and without FIRP.
+        ship_to: Directory to ship the finished model to (e.g. assets/duomind-reasoner; None: don't).
         gen_batch_size: Prompts per generation batch.
         seed: Seed of data, sampling and training.
         threads: torch intra-op threads (None: torch's default).
@@ -75,6 +81,10 @@ class DualConfig:
     fusion_lr: float = 5e-4
     max_new_tokens: int = 160
     eval_limit: int = 400
+    firp_steps: int = 0
+    firp_batch_size: int = 16
+    speed_prompts: int = 16
+    ship_to: str | None = None
     gen_batch_size: int = 64
     seed: int = 0
     threads: int | None = None
@@ -106,7 +116,7 @@ def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, prog
 
     verifier = Verifier()
     try:
-        report = {m: evaluate(model, tok, tasks, m, max_new_tokens, batch_size, verifier, progress)
+        report = {m: evaluate(model, tok, tasks, m, max_new_tokens, batch_size, verifier, progress, items=True)
                   for m in EVAL_MODES}
     finally:
         verifier.close()
@@ -159,19 +169,75 @@ def train_dual(cfg: DualConfig) -> dict:
     final = _train(cfg, out / "fusion", fusion, cfg.fusion_steps, cfg.fusion_lr, init_from=str(dual))
 
     report_path = out / "report.json"
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        if report.get("model") == str(final):
-            return report
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     heldout = read_tasks(data / "heldout.jsonl")
     if cfg.eval_limit:
         heldout = random.Random(cfg.seed).sample(heldout, min(cfg.eval_limit, len(heldout)))
-    model = load_model(final)
-    report = {"model": str(final), "dual_model": str(dual), "config": dataclasses.asdict(cfg),
-              "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
-              "labels": label_summary(list(labels.values()))}
-    atomic_write_text(report_path, json.dumps(report, indent=1))
+    if Path(report.get("model", "")).resolve() != final.resolve() or "items" not in report["eval"]["fast"]:
+        model = load_model(final)
+        report = {"model": str(final), "dual_model": str(dual), "config": dataclasses.asdict(cfg),
+                  "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
+                  "labels": label_summary(list(labels.values()))}
+        atomic_write_text(report_path, json.dumps(report, indent=1))
+    predictors = out / "predictors"
+    if cfg.firp_steps and "firp" not in report:
+        from duomind.generate.drafters import predictor_drafter
+        from duomind.generate.speculate_cli import train_cli as train_predictors
+
+        if not (predictors / "drafter.json").is_file():
+            train_predictors(str(final), str(predictors), data=str(data / "sft.jsonl"), steps=cfg.firp_steps,
+                             batch_size=cfg.firp_batch_size, seq_len=cfg.seq_len, seed=cfg.seed, threads=cfg.threads)
+        model = load_model(final)
+        report["firp"] = firp_speed(model, tok, predictor_drafter(model, predictors),
+                                    heldout[:cfg.speed_prompts], cfg.max_new_tokens)
+        report["config"] = dataclasses.asdict(cfg)
+        atomic_write_text(report_path, json.dumps(report, indent=1))
+    if cfg.ship_to:
+        from duomind.reasoner.ship import ship
+
+        ship(final, cfg.ship_to, report, predictors if "firp" in report else None, data / "heldout.jsonl")
+        print(f"shipped {final} to {cfg.ship_to}")
     return report
+
+
+def firp_speed(model, tok, drafter, tasks, max_new_tokens: int, rounds: int = 3) -> dict:
+    """Slow-mode answers at batch 1, greedy: plain decoding vs FIRP speculative decoding, interleaved rounds.
+
+    Speculative decoding is lossless, so the outputs must be token for token those of plain greedy decoding.
+    """
+    import statistics
+    import time
+
+    from duomind.generate import generate
+    from duomind.generate.cli import stop_ids
+    from duomind.generate.speculative import Stats, speculative_generate
+    from duomind.tokenizer import chat_prompt
+
+    prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode="slow") for t in tasks]
+    stops = stop_ids(tok)
+
+    def plain(_: Stats) -> list[list[int]]:
+        return [list(generate(model, [p], max_new_tokens=max_new_tokens, stop_tokens=stops)[0]) for p in prompts]
+
+    def firp(stats: Stats) -> list[list[int]]:
+        return [speculative_generate(model, p, drafter, max_new_tokens, stop_tokens=stops, stats=stats)
+                for p in prompts]
+
+    stats = Stats()
+    reference, drafted = plain(Stats()), firp(stats)  # also the warm-up
+    times: dict[str, list[float]] = {"plain": [], "firp": []}
+    for r in range(rounds):
+        for name, run in ((("plain", plain), ("firp", firp)) if r % 2 == 0 else (("firp", firp), ("plain", plain))):
+            t0 = time.perf_counter()
+            run(Stats())
+            times[name].append(time.perf_counter() - t0)
+    tokens = sum(len(o) for o in reference)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"prompts": len(prompts), "tokens": tokens, "rounds": rounds, "seconds": times,
+            "plain_tokens_per_s": tokens / median["plain"], "firp_tokens_per_s": tokens / median["firp"],
+            "speedup": median["plain"] / median["firp"], "equal_outputs": drafted == reference,
+            "mean_accepted_length": stats.mean_accepted_length,
+            "acceptance_per_position": stats.acceptance_per_position}
 
 
 def label_summary(rows: list[dict]) -> dict:

@@ -19,7 +19,8 @@ def default_checkpoint(checkpoint: str | None) -> Path:
     if (DEFAULT_MODEL / "config.json").is_file():
         return DEFAULT_MODEL
     raise FileNotFoundError(f"no checkpoint given and the embedded default model is not built yet ({DEFAULT_MODEL}); "
-                            "pass one, e.g. `duomind serve runs/demo/sft` after `duomind demo`.")
+                            "pass one, e.g. `duomind serve runs/reasoner` after "
+                            "`duomind reasoner train --config recipes/reasoner/default.yaml` (which builds it).")
 
 
 def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 64, context_len: int | None = None,
@@ -27,7 +28,7 @@ def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 
     """Load a checkpoint (a run directory or a step-XXXXXX one) and start an engine on it.
 
     FIRP predictors (or Medusa heads) from `duomind speculate train` are used for speculative steps when
-    given, or when the checkpoint directory holds them in `predictors/`.
+    given, or when the checkpoint directory holds them in `predictors/`; `predictors="none"` turns them off.
     """
     import torch
 
@@ -42,7 +43,9 @@ def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 
     model = load_model(path, device=device)
     drafter = None
     beside = path / "predictors"
-    if predictors or (beside / "drafter.json").is_file():
+    if predictors == "none":
+        pass
+    elif predictors or (beside / "drafter.json").is_file():
         from duomind.generate.drafters import predictor_drafter
 
         drafter = predictor_drafter(model, predictors or beside)
@@ -73,7 +76,7 @@ def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
         repair: Repetition self-repair in thinking spans.
         threads: torch intra-op threads.
         predictors: FIRP predictors from `duomind speculate train` (default: CHECKPOINT/predictors if there):
-            speculative steps while one greedy request runs alone.
+            speculative steps while one greedy request runs alone; "none" turns them off.
     """
     import uvicorn
 
@@ -180,7 +183,8 @@ def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int 
         max_tokens: Most tokens per reply (thinking included).
         temperature: 0 for greedy.
         threads: torch intra-op threads.
-        predictors: FIRP predictors (default: CHECKPOINT/predictors if there) for speculative decoding.
+        predictors: FIRP predictors (default: CHECKPOINT/predictors if there) for speculative decoding; "none":
+            without.
     """
     from rich.console import Console
 

@@ -1,0 +1,137 @@
+"""Package a trained reasoner as a self-contained model directory (the embedded default model).
+
+The directory holds what serving and the demo need and nothing else: weights (safetensors, no optimizer
+state), config, tokenizer and chat template, FIRP predictors in `predictors/`, the held-back problems in
+`heldout.jsonl` (never trained on; `duomind demo` answers them) and a model card (`README.md`) with the data,
+the recipe and the numbers measured on it. It is written to a temporary directory, sealed with a COMPLETE
+marker and swapped in by rename, so a failed ship never leaves half a model where the previous one was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from duomind.train.checkpoint import MARKER, _fsync_dir, seal
+
+
+def ship(checkpoint: str | Path, dest: str | Path, report: dict[str, Any], predictors: Path | None = None,
+         heldout: Path | None = None) -> Path:
+    """Write `checkpoint` (+ predictors, held-back problems, model card from `report`) to `dest` atomically."""
+    from duomind.tokenizer import load_tokenizer
+    from duomind.train.checkpoint import load_model
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    model, tok = load_model(checkpoint), load_tokenizer(checkpoint)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
+    try:
+        os.chmod(tmp, 0o755)  # a model directory others may read, not mkdtemp's private 0700
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if predictors is not None:
+            shutil.copytree(predictors, tmp / "predictors")
+        if heldout is not None:
+            shutil.copyfile(heldout, tmp / "heldout.jsonl")
+        (tmp / "README.md").write_text(model_card(model, report))
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+        seal(tmp, {"source": str(checkpoint)})
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".old-{dest.name}-{tmp.name[-8:]}")
+            dest.rename(old)
+        tmp.rename(dest)
+        _fsync_dir(dest.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def is_shipped(path: str | Path) -> bool:
+    """True for a complete shipped model directory."""
+    return (Path(path) / MARKER).is_file() and (Path(path) / "config.json").is_file()
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def model_card(model, report: dict[str, Any]) -> str:
+    """The model card: what the model is, its data and recipe, and the numbers measured on held-back problems."""
+    cfg, c = model.config, report["config"]
+    params = sum(p.numel() for p in model.parameters())
+    ev = report["eval"]
+    levels = sorted(ev["slow"]["by_difficulty"], key=int)
+    rows = [f"| {m} | {_pct(ev[m]['accuracy'])} | {ev[m]['mean_tokens']:.1f} | "
+            + " | ".join(f"{_pct(ev[m]['by_difficulty'][k])} / {ev[m]['tokens_by_difficulty'][k]:.0f}" for k in levels)
+            + f" | {_pct(ev[m]['think_share'])} |" for m in ev]
+    head = "| mode | accuracy | tokens | " + " | ".join(f"level {k} (acc / tokens)" for k in levels) + " | thinks |"
+    lines = [
+        "# duomind-reasoner (embedded default model)",
+        "",
+        "A dual-system reasoner in the Pangu Embedded style (arXiv 2505.22375, Stage 2): one model that answers",
+        "directly (`fast`), thinks first (`slow`), or decides with its first token (`auto`). It is tiny and trained",
+        "only on DuoMind's synthetic verifiable tasks, on a 2-core CPU: it exists so that `make demo`, `duomind serve`",
+        "and `duomind chat` work out of the box and so every technique has a real model to run on. It is not a",
+        "general assistant.",
+        "",
+        "## Model",
+        f"- DuoMind decoder, {params / 1e6:.2f}M parameters: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} KV heads, vocabulary {cfg.vocab_size}, "
+        f"context {cfg.max_position_embeddings}, norm style `{cfg.norm_style}`.",
+        "- FIRP predictors in `predictors/` (speculative decoding from predicted future hidden states); the serving",
+        "  engine uses them when a single greedy request runs." if "firp" in report else "- No FIRP predictors.",
+        "",
+        "## Data",
+        f"- {c['n']} synthetic problems (`duomind data make`): tasks {', '.join(c['tasks'])}; difficulty levels "
+        f"{', '.join(map(str, c['difficulty']))}; {c['heldout_fraction']:.0%} held back (`heldout.jsonl`, never "
+        "trained on).",
+        "- Every problem as a fast chat (the answer) and a slow chat (`<think>` steps `</think>` answer).",
+        f"- Auto labels: the dual model's own fast-mode pass rate over {c['label_samples']} samples at temperature "
+        f"{c['label_temperature']} on {c['label_pool']} training problems; fast when it reaches {c['fast_threshold']}. "
+        f"Fast share: {_pct(report['labels']['fast_share'])} "
+        f"(by level: {', '.join(f'{k}: {_pct(v)}' for k, v in report['labels']['fast_share_by_difficulty'].items())}).",
+        "",
+        "## Recipe",
+        f"`duomind reasoner train` (duomind.reasoner.dual): dual SFT {c['sft_steps']} steps (batch {c['batch_size']}, "
+        f"sequence {c['seq_len']}, peak LR {c['sft_lr']}) -> auto labels -> fusion SFT {c['fusion_steps']} steps "
+        f"(peak LR {c['fusion_lr']})" + (f" -> FIRP predictors {c['firp_steps']} steps" if c.get("firp_steps") else "")
+        + ". Full settings:",
+        "",
+        "```yaml",
+        yaml.safe_dump({k: v for k, v in c.items() if k not in ("out_dir", "ship_to", "progress", "threads")},
+                       sort_keys=False, default_flow_style=None, width=100).strip(),
+        "```",
+        "",
+        f"## Measured on {ev['slow']['n']} held-back problems (greedy)",
+        "",
+        head,
+        "|" + "---|" * (4 + len(levels)),
+        *rows,
+    ]
+    if "firp" in report:
+        f = report["firp"]
+        lines += ["", f"FIRP, slow mode, batch 1, greedy, {f['prompts']} held-back prompts: {f['firp_tokens_per_s']:.0f} "
+                      f"tokens/s vs {f['plain_tokens_per_s']:.0f} plain ({f['speedup']:.2f}x), mean accepted length "
+                      f"{f['mean_accepted_length']:.2f}, outputs identical to plain greedy: "
+                      f"{'yes' if f['equal_outputs'] else 'NO'}."]
+        if f["speedup"] < 1.0:
+            lines += ["", "At this size a decoding step costs little more than the loop's fixed per-step overhead, so",
+                      "verifying drafts costs about what accepting them saves; FIRP pays on larger models",
+                      "(docs/speculative.md). `duomind serve --predictors none` serves without them."]
+    lines += ["", "## Use", "", "```", "make demo                       # answers held-back problems in every mode",
+              "duomind chat                    # terminal chat (/fast, /slow, /auto)",
+              "duomind serve --port 8000       # OpenAI-compatible API; field `mode` or `reasoning_effort`", "```",
+              "", "## Limits", "",
+              "Synthetic arithmetic, sequence and word problems only; anything else gets confident nonsense. Numbers",
+              "above are on held-back problems of the same generator, not on public benchmarks.", ""]
+    return "\n".join(lines)

@@ -124,14 +124,18 @@ def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="instruction-tuning steps (default 900; quick 3)")
     p.add_argument("--align_steps", type=int, default=None, help="caption pre-alignment steps (default 150; quick 2)")
+    p.add_argument("--n_train", type=int, default=700,
+                   help="training questions per Med-MIM ability (premise questions: twice as many)")
     p.add_argument("--stop_at", type=int, default=0, help="stop instruction tuning at this step (resume later)")
     p.add_argument("--time_limit_min", type=float, default=0,
                    help="stop training after this many minutes with a checkpoint; run again to continue")
     args = p.parse_args()
     out = _common.out_dir(args)
     q = args.quick
-    work = Path(tempfile.mkdtemp(prefix="med-bench-")) if q else _common.CACHE / "medical-bench"
-    sizes = dict(n_train=4, n_test=3, captions=8) if q else dict(n_train=700, n_test=100, captions=1500)
+    # a different training set size gets its own cache (data and checkpoints), the test set stays the same
+    cache = "medical-bench" if args.n_train == 700 else f"medical-bench-n{args.n_train}"
+    work = Path(tempfile.mkdtemp(prefix="med-bench-")) if q else _common.CACHE / cache
+    sizes = dict(n_train=4, n_test=3, captions=8) if q else dict(n_train=args.n_train, n_test=100, captions=1500)
     paths = make_data(work, **sizes)
     steps, align_steps = args.steps or (3 if q else 900), args.align_steps or (2 if q else 150)
     batch = 4 if q else 16

@@ -110,6 +110,24 @@ def heldout_loss(model, windows, micro: int = 8) -> float:
         return _loss(model, windows, micro)
 
 
+def window_losses(model, windows) -> list[float]:
+    """Mean next-token loss of each held-out window: the methods see the same windows, so their
+    differences can be paired window by window (a standard error on the difference, not on each loss)."""
+    import torch
+
+    from duomind.prune.importance import _loss
+
+    with torch.no_grad():
+        return [_loss(model, windows[i:i + 1], 1) for i in range(len(windows))]
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of b - a over paired windows and its standard error."""
+    d = [y - x for x, y in zip(a, b)]
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return {"mean": statistics.fmean(d), "se": se, "windows": len(d)}
+
+
 def accuracy(model, tokenizer, tasks) -> float:
     from duomind.generate import generate
     from duomind.tasks import check_answer
@@ -206,7 +224,8 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
                "shape": _shape(after.model_config), "kept_layers": row["info"]["kept_layers"],
                "clap_moved": row["info"]["clap_moved"], "reinit": {k: row["info"][k] for k in ("clap", "slnp", "absorb")},
                "loss_after_pruning": loss0, "accuracy_after_pruning": accuracy(before, tokenizer, tasks),
-               "loss_after_recovery": heldout_loss(after, windows), "accuracy_after_recovery":
+               "loss_after_recovery": heldout_loss(after, windows), "window_losses": window_losses(after, windows),
+               "accuracy_after_recovery":
                accuracy(after, tokenizer, tasks), "recovery_curve": curve,
                "decode": decode_speed(teacher, after, prompt, args.decode_tokens, args.rounds)}
         out["methods"][method] = res
@@ -286,12 +305,17 @@ def main() -> None:
     pl = methods["pangu-light"]["loss_after_recovery"]
     result["pangu_light_beats_minitron_and_shortgpt"] = (pl < methods["minitron"]["loss_after_recovery"]
                                                          and pl < methods["shortgpt"]["loss_after_recovery"])
+    # > 0: pangu-light's held-out loss is lower than that method's, in standard errors of the paired difference
+    result["pangu_light_margin"] = {m: paired(methods["pangu-light"]["window_losses"], r["window_losses"])
+                                    for m, r in methods.items() if m != "pangu-light"}
     result["min_speedup_decode"] = min(result["speedup_decode"].values())
     result["speedup_decode_pangu_light"] = methods["pangu-light"]["decode"]["speedup"]
     if "dssn" in results and "pre" in results:
         d = results["dssn"]["methods"]
         result["dssn_loss_after_recovery"] = {m: r["loss_after_recovery"] for m, r in d.items()}
         result["dssn_speedup_decode"] = {m: r["decode"]["speedup"] for m, r in d.items()}
+        result["dssn_pangu_light_margin"] = {m: paired(d["pangu-light"]["window_losses"], r["window_losses"])
+                                             for m, r in d.items() if m != "pangu-light"}
         result["dssn_pangu_light_beats_minitron_and_shortgpt"] = (
             d["pangu-light"]["loss_after_recovery"] < min(d["minitron"]["loss_after_recovery"],
                                                           d["shortgpt"]["loss_after_recovery"]))

@@ -66,13 +66,14 @@ def sft_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shipped_reasoner(tmp_path_factory):
-    """A tiny dual-system run with FIRP predictors, shipped like the embedded model: (config, report, asset)."""
+    """A tiny dual-system run with RL and FIRP predictors, shipped like the embedded model: (config, report, asset)."""
     from duomind.reasoner.dual import DualConfig, train_dual
 
     root = tmp_path_factory.mktemp("reasoner")
     cfg = DualConfig(out_dir=str(root / "run"), tasks=["add"], difficulty=[1, 2], n=120, heldout_fraction=0.1,
                      model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4,
                      label_pool=6, label_samples=2, max_new_tokens=24, eval_limit=6, gen_batch_size=16,
-                     firp_steps=3, firp_batch_size=4, speed_prompts=2, ship_to=str(root / "asset"), threads=1,
+                     rl_steps=2, rl_prompts=2, rl_group=2, firp_steps=3, firp_batch_size=4, speed_prompts=2,
+                     ship_to=str(root / "asset"), threads=1,
                      progress=False)
     return cfg, train_dual(cfg), root / "asset"

@@ -46,15 +46,18 @@ def test_adaptive_reward_prefers_fast_only_when_it_is_right():
         adaptive_reward(True, False, 1.2)
 
 
-def test_config_rejects_bad_threshold():
+def test_config_rejects_bad_threshold_and_odd_rl_groups():
     with pytest.raises(ConfigError, match="fast_threshold"):
         DualConfig(fast_threshold=0.0)
+    with pytest.raises(ConfigError, match="rl_group"):
+        DualConfig(rl_group=3)
 
 
 def test_pipeline_runs_and_resumes(shipped_reasoner):
     cfg, report, _ = shipped_reasoner
     run = Path(cfg.out_dir)
     assert set(report["eval"]) == {"fast", "slow", "auto"}
+    assert Path(report["model"]).parent.name == "adapt" and set(report["eval_before_rl"]) == {"fast", "slow", "auto"}
     labels = [json.loads(x) for x in (run / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 6 and all(r["label"] == ("fast" if r["fast_pass_rate"] >= 0.75 else "slow") for r in labels)
     fusion = (run / "fusion.jsonl").read_text().splitlines()
@@ -101,3 +104,44 @@ def test_a_failed_ship_leaves_the_previous_model_in_place(shipped_reasoner, tmp_
         ship(report["model"], dest, report, predictors=tmp_path / "missing")
     assert sorted(p.name for p in dest.iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["asset"]  # no temporary directory left behind
+
+
+def _think_prob(model, tok, prompt: str) -> float:
+    import torch
+
+    from duomind.tokenizer import THINK, chat_prompt, special_ids
+
+    ids = torch.tensor([chat_prompt(tok, [{"role": "user", "content": prompt}], mode="auto")])
+    with torch.no_grad():
+        return float(model(ids).logits[0, -1].softmax(-1)[special_ids(tok)[THINK]])
+
+
+@pytest.mark.parametrize("right", ["fast", "slow"])
+def test_adaptthink_moves_the_auto_choice_toward_the_mode_that_is_right(shipped_reasoner, tmp_path, monkeypatch, right):
+    """The RL update alone: a verifier that passes only one mode's answers must move P(<think> | auto) its way."""
+    import duomind.distill.loop as loop
+    from duomind.reasoner.adapt import AdaptConfig, train_adapt
+    from duomind.tokenizer import load_tokenizer
+    from duomind.train.checkpoint import load_model
+
+    class OneModeRight:
+        def check(self, records):
+            return [r["mode"] == right for r in records]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "Verifier", OneModeRight)
+    cfg, report, _ = shipped_reasoner
+    start = Path(report["dual_model"])
+    tasks = generate("add", n=4, seed=5, difficulty=1)
+    tok = load_tokenizer(start)
+    before = [_think_prob(load_model(start), tok, t.prompt) for t in tasks]
+    final = train_adapt(start, tmp_path / "rl", tasks, AdaptConfig(steps=3, prompts=4, group=4, lr=3e-3,
+                                                                   max_new_tokens=16, save_every=3), progress=False)
+    after = [_think_prob(load_model(final), tok, t.prompt) for t in tasks]
+    moved = sum(after) - sum(before)
+    assert moved < 0 if right == "fast" else moved > 0, (before, after)
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r[f"{right}_accuracy"] == 1.0 for r in rows)
+    assert train_adapt(start, tmp_path / "rl", tasks, AdaptConfig(steps=3)) == final  # finished: nothing reruns

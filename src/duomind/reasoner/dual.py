@@ -6,6 +6,7 @@ Stages, each skipped when its output exists (so an interrupted run resumes):
 2. dual SFT: fast and slow chats of every training problem (or start from `init_from`).
 3. labels: the student's own fast-mode pass rate on a pool of training problems -> auto labels.
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
+   Then, with `rl_steps` > 0, AdaptThink RL on auto mode (`duomind.reasoner.adapt`).
 5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
 6. FIRP predictors for the final model (`firp_steps` > 0) and their measured speed-up in slow mode.
 7. ship (`ship_to`): the model, predictors, held-back problems and a model card (duomind.reasoner.ship).
@@ -51,6 +52,11 @@ class DualConfig:
         fusion_lr: Peak learning rate of the fusion SFT.
         max_new_tokens: Longest response in labelling and evaluation.
         eval_limit: Held-out problems to evaluate (0: all).
+        rl_steps: Steps of AdaptThink RL after the fusion SFT (0: none).
+        rl_prompts: Training problems per RL step.
+        rl_group: Responses per problem (half fast, half slow).
+        rl_delta: AdaptThink's bonus for not thinking.
+        rl_lr: RL learning rate.
         firp_steps: Training steps of FIRP predictors for the final model (0: none).
         firp_batch_size: Windows per FIRP training step.
         speed_prompts: Held-out slow-mode prompts timed with and without FIRP.
@@ -81,6 +87,11 @@ class DualConfig:
     fusion_lr: float = 5e-4
     max_new_tokens: int = 160
     eval_limit: int = 400
+    rl_steps: int = 0
+    rl_prompts: int = 16
+    rl_group: int = 8
+    rl_delta: float = 0.05
+    rl_lr: float = 2e-5
     firp_steps: int = 0
     firp_batch_size: int = 16
     speed_prompts: int = 16
@@ -98,6 +109,9 @@ class DualConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.sft_steps < 0 or self.fusion_steps < 1:
             raise ConfigError("sft_steps must be >= 0 and fusion_steps >= 1.")
+        if self.rl_steps < 0 or self.rl_group < 2 or self.rl_group % 2:
+            raise ConfigError(f"rl_steps={self.rl_steps} must be >= 0 and rl_group={self.rl_group} an even number "
+                              ">= 2 (AdaptThink samples half of each group fast, half slow).")
 
 
 def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, **start: Any) -> Path:
@@ -166,7 +180,13 @@ def train_dual(cfg: DualConfig) -> dict:
     fusion = out / "fusion.jsonl"
     if not fusion.is_file():
         write_jsonl(fusion, fusion_records(pool, [labels[t.id]["label"] for t in pool]))
-    final = _train(cfg, out / "fusion", fusion, cfg.fusion_steps, cfg.fusion_lr, init_from=str(dual))
+    final = fused = _train(cfg, out / "fusion", fusion, cfg.fusion_steps, cfg.fusion_lr, init_from=str(dual))
+    if cfg.rl_steps:
+        from duomind.reasoner.adapt import AdaptConfig, train_adapt
+
+        final = train_adapt(fused, out / "adapt", train_tasks, AdaptConfig(
+            steps=cfg.rl_steps, prompts=cfg.rl_prompts, group=cfg.rl_group, delta=cfg.rl_delta, lr=cfg.rl_lr,
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed), cfg.progress)
 
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -178,8 +198,11 @@ def train_dual(cfg: DualConfig) -> dict:
         report = {"model": str(final), "dual_model": str(dual), "config": dataclasses.asdict(cfg),
                   "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
                   "labels": label_summary(list(labels.values()))}
+        if final != fused:  # what RL changed
+            report["eval_before_rl"] = evaluate_modes(load_model(fused), tok, heldout, cfg.max_new_tokens,
+                                                      cfg.gen_batch_size, cfg.progress)
         atomic_write_text(report_path, json.dumps(report, indent=1))
-    predictors = out / "predictors"
+    predictors = out / "predictors" / final.parent.name  # per model: predictors fit the weights they were trained on
     if cfg.firp_steps and "firp" not in report:
         from duomind.generate.drafters import predictor_drafter
         from duomind.generate.speculate_cli import train_cli as train_predictors

@@ -109,6 +109,9 @@ def train_adapt(init: Path, out: Path, tasks: Sequence[Task], cfg: AdaptConfig, 
     verifier = Verifier()
     metrics_path = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
+    if metrics_path.is_file():  # rows logged after the checkpoint we resume from are redone
+        kept = [x for x in metrics_path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
+        metrics_path.write_text("".join(x + "\n" for x in kept))
     try:
         with progress_bar("adaptthink", cfg.steps, enabled=progress) as advance:
             advance(step)

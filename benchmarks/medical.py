@@ -8,7 +8,7 @@ pre-alignment, then instruction tuning) on procedural scans, then asked held-out
    both forms (every other multi-image training question also appears with its last image only), so the
    difference is what the earlier images supply (goal: multi - single >= 0.2 on temporal and comparison).
 
-    python benchmarks/medical.py --threads 1          # full (~15 min of training on one thread)
+    python benchmarks/medical.py --threads 1          # full (~17 min of training on one thread)
     python benchmarks/medical.py --quick --threads 1  # seconds, writes to a temp dir
 
 The full run keeps its data and checkpoints in .duomind_cache/medical-bench, so an interrupted run (or one
@@ -122,9 +122,9 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=None, help="instruction-tuning steps (default 900; quick 3)")
+    p.add_argument("--steps", type=int, default=None, help="instruction-tuning steps (default 8000; quick 3)")
     p.add_argument("--align_steps", type=int, default=None, help="caption pre-alignment steps (default 150; quick 2)")
-    p.add_argument("--n_train", type=int, default=700,
+    p.add_argument("--n_train", type=int, default=5600,
                    help="training questions per Med-MIM ability (premise questions: twice as many)")
     p.add_argument("--stop_at", type=int, default=0, help="stop instruction tuning at this step (resume later)")
     p.add_argument("--time_limit_min", type=float, default=0,
@@ -132,12 +132,12 @@ def main() -> None:
     args = p.parse_args()
     out = _common.out_dir(args)
     q = args.quick
-    # a different training set size gets its own cache (data and checkpoints), the test set stays the same
-    cache = "medical-bench" if args.n_train == 700 else f"medical-bench-n{args.n_train}"
+    # each training set size gets its own cache (data and checkpoints); the test set is the same for all
+    cache = f"medical-bench-n{args.n_train}"
     work = Path(tempfile.mkdtemp(prefix="med-bench-")) if q else _common.CACHE / cache
     sizes = dict(n_train=4, n_test=3, captions=8) if q else dict(n_train=args.n_train, n_test=100, captions=1500)
     paths = make_data(work, **sizes)
-    steps, align_steps = args.steps or (3 if q else 900), args.align_steps or (2 if q else 150)
+    steps, align_steps = args.steps or (3 if q else 8000), args.align_steps or (2 if q else 150)
     batch = 4 if q else 16
     ckpt, times = run_training(work, paths, align_steps, steps, batch, "tiny" if q else "demo", args.threads,
                                args.stop_at, args.time_limit_min * 60)

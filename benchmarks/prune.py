@@ -263,13 +263,16 @@ def main() -> None:
     p.add_argument("--eval_windows", type=int, default=16, help="held-out windows for loss (and the curves)")
     p.add_argument("--decode_tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--work", default=None,
+                   help="cache of pruned and recovered models (default .duomind_cache/prune-bench; another budget "
+                        "wants its own)")
     p.add_argument("--models", default="pre,dssn", help="comma list of pre (bench-base) and dssn (its DSSN variant)")
     args = p.parse_args()
     if args.quick:
         args.steps, args.batch, args.calibration_samples, args.eval_windows = 2, 4, 4, 4
         args.decode_tokens, args.rounds, args.target = 8, 2, 0.7  # the tiny model is mostly embeddings
     out = _common.out_dir(args)
-    work = out / "work" if args.quick else _common.CACHE / "prune-bench"  # pruned and recovered models
+    work = Path(args.work) if args.work else out / "work" if args.quick else _common.CACHE / "prune-bench"
     work.mkdir(parents=True, exist_ok=True)
     sources = {"pre": lambda: pre_model(args.quick, work), "dssn": lambda: dssn_model(args.quick)}
     corpus = work / "corpus.txt"

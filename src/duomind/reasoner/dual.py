@@ -274,7 +274,7 @@ def label_summary(rows: list[dict]) -> dict:
 
 
 def train_cli(cfg: DualConfig) -> None:
-    """Dual-system training: fast + slow SFT, auto labels from the model's own fast pass rate, fusion SFT, eval.
+    """Dual-system training: fast + slow SFT, auto labels, fusion SFT, optional RL, eval, FIRP predictors, ship.
 
     Resumes an existing run in out_dir at the stage where it stopped.
     """

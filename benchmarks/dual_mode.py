@@ -10,6 +10,7 @@ fast by >= 20 points at difficulty >= 3.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from _common import CACHE, figure, out_dir, parser, write
@@ -56,8 +57,26 @@ def router_bounds(ev: dict) -> dict:
     return out
 
 
+def threshold_sweep(cfg: DualConfig, report: dict, thresholds: list[float]) -> dict:
+    """Auto mode at other fast thresholds: the same dual model and pass rates, a fusion SFT for each."""
+    out = {}
+    for t in thresholds:
+        run = train_dual(dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-t{t}", init_from=report["dual_model"],
+                                             fast_threshold=t, firp_steps=0, ship_to=None))
+        ev = run["eval"]
+        out[str(t)] = {"fast_share": run["labels"]["fast_share"], "auto_accuracy": ev["auto"]["accuracy"],
+                       "slow_accuracy": ev["slow"]["accuracy"],
+                       "auto_accuracy_over_slow": ev["auto"]["accuracy"] / max(ev["slow"]["accuracy"], 1e-9),
+                       "auto_tokens_over_slow": ev["auto"]["mean_tokens"] / max(ev["slow"]["mean_tokens"], 1e-9)}
+        print(f"fast threshold {t}: {out[str(t)]}")
+    return out
+
+
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--thresholds", default=None,
+                   help="other fast thresholds to train auto mode at, comma-separated (default 0.25,0.5; quick 0.5)")
+    args = p.parse_args()
     out = out_dir(args)
     cfg = config(args.quick, args.threads)
     report = train_dual(cfg)
@@ -75,6 +94,8 @@ def main() -> None:
         "slow_minus_fast_hard": hard["slow"] - hard["fast"],
         "auto_labels": report["labels"], "n_eval": ev["fast"]["n"], "router_bounds": router_bounds(ev),
         "firp": {k: v for k, v in report.get("firp", {}).items() if k != "seconds"},
+        "threshold_sweep": threshold_sweep(cfg, report, [float(t) for t in (args.thresholds or (
+            "0.5" if args.quick else "0.25,0.5")).split(",") if t]),
         "setup": {k: v for k, v in report["config"].items() if k not in ("out_dir", "progress")},
     }
     result["goals_met"] = {"auto_accuracy_over_slow >= 0.95": result["auto_accuracy_over_slow"] >= 0.95,
@@ -91,14 +112,32 @@ def main() -> None:
     write("dual_mode", result, out)
 
     plt = figure()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
     for m, style in zip(EVAL_MODES, ("o-", "s-", "^--")):
         levels = list(ev[m]["by_difficulty"])
         ax1.plot([int(k) for k in levels], [ev[m]["by_difficulty"][k] for k in levels], style, label=m)
         ax2.plot([int(k) for k in levels], [ev[m]["tokens_by_difficulty"][k] for k in levels], style, label=m)
-    ax1.set(xlabel="difficulty", ylabel="held-out accuracy (greedy)", ylim=(0, 1.02))
-    ax2.set(xlabel="difficulty", ylabel="response tokens (mean)")
+    ax1.set(xlabel="difficulty", ylabel="held-out accuracy (greedy)", ylim=(0, 1.02), xticks=[1, 2, 3, 4])
+    ax2.set(xlabel="difficulty", ylabel="response tokens (mean)", xticks=[1, 2, 3, 4])
     ax1.legend()
+    sweep = {str(cfg.fast_threshold): {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
+                                       "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]},
+             **result["threshold_sweep"]}
+    for i, (t, r) in enumerate(sorted(sweep.items())):  # the points sit close together: labels stacked left
+        ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "o", color="tab:green")
+        ax3.annotate(f"auto, fast threshold {t}", (r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"]),
+                     fontsize=7, xytext=(-150, -30 - 12 * i), textcoords="offset points",
+                     arrowprops={"arrowstyle": "-", "color": "tab:green", "lw": 0.5})
+    short = {"fast_if_solved": "perfect router:\nskip if fast is right", "fast_unless_thinking_helps":
+             "perfect router:\nskip unless thinking helps"}
+    for name, b in result["router_bounds"].items():
+        ax3.plot(b["tokens_over_slow"], b["accuracy_over_slow"], "x", color="gray")
+        ax3.annotate(short.get(name, name), (b["tokens_over_slow"], b["accuracy_over_slow"]), fontsize=7,
+                     xytext=(4, -18), textcoords="offset points")
+    ax3.axvspan(0, 0.6, ymin=0, ymax=1, alpha=0.08, color="green")
+    ax3.axhline(0.95, ls=":", color="gray")
+    ax3.set(xlabel="auto tokens / slow tokens (goal <= 0.6)", ylabel="auto accuracy / slow (goal >= 0.95)",
+            xlim=(0, 1.25), ylim=(0.5, 1.15))
     fig.suptitle("dual-system model: fast / slow / auto")
     fig.tight_layout()
     fig.savefig(out / "dual_mode.png")

@@ -256,23 +256,24 @@ def main() -> None:
     p.add_argument("--lock", default="none", help="which lane this run holds (recorded with the timings)")
     p.add_argument("--fresh_eval", action="store_true", help="re-measure models whose results are cached")
     p.add_argument("--target", type=float, default=0.5, help="parameter budget (fraction of the model)")
-    p.add_argument("--steps", type=int, default=8, help="KD recovery steps, the same for every method")
+    p.add_argument("--steps", type=int, default=100, help="KD recovery steps, the same for every method")
     p.add_argument("--batch", type=int, default=8, help="sequences per KD step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calibration_samples", type=int, default=8)
-    p.add_argument("--eval_windows", type=int, default=16, help="held-out windows for loss (and the curves)")
+    p.add_argument("--eval_windows", type=int, default=128, help="held-out windows for loss (and the curves)")
     p.add_argument("--decode_tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work", default=None,
-                   help="cache of pruned and recovered models (default .duomind_cache/prune-bench; another budget "
-                        "wants its own)")
+                   help="cache of pruned and recovered models (default: .duomind_cache/prune-bench-<budget>, one per "
+                        "target, steps, batch and lr)")
     p.add_argument("--models", default="pre,dssn", help="comma list of pre (bench-base) and dssn (its DSSN variant)")
     args = p.parse_args()
     if args.quick:
         args.steps, args.batch, args.calibration_samples, args.eval_windows = 2, 4, 4, 4
         args.decode_tokens, args.rounds, args.target = 8, 2, 0.7  # the tiny model is mostly embeddings
     out = _common.out_dir(args)
-    work = Path(args.work) if args.work else out / "work" if args.quick else _common.CACHE / "prune-bench"
+    budget = f"t{args.target}-{args.steps}x{args.batch}-lr{args.lr}"
+    work = Path(args.work) if args.work else out / "work" if args.quick else _common.CACHE / f"prune-bench-{budget}"
     work.mkdir(parents=True, exist_ok=True)
     sources = {"pre": lambda: pre_model(args.quick, work), "dssn": lambda: dssn_model(args.quick)}
     corpus = work / "corpus.txt"

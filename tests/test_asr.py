@@ -299,6 +299,25 @@ def released(tmp_path_factory, model, tok):
     return release(model, tok, cmvn, tmp_path_factory.mktemp("asr") / "model")
 
 
+def test_release_replaces_the_model_whole_and_readable(tmp_path, model, tok):
+    from duomind.apps.asr.train import release
+
+    cmvn = A.GlobalCMVN(torch.zeros(80), torch.ones(80) * 4)
+    first = release(model, tok, cmvn, tmp_path / "model")
+    before = (first / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.ctc_head.bias.add_(1.0)
+    try:
+        again = release(model, tok, cmvn, tmp_path / "model")
+    finally:
+        with torch.no_grad():
+            model.ctc_head.bias.sub_(1.0)
+    assert again == first and (again / "model.safetensors").read_bytes() != before and (again / "COMPLETE").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or old copy left
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in again.iterdir())
+    assert again.stat().st_mode & 0o777 == 0o755
+
+
 def test_transcribe_silence_noise_and_short_audio_give_empty_segments(released):
     from duomind.apps.asr.transcribe import load_pipeline, transcribe
 

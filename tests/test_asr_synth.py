@@ -62,8 +62,6 @@ def test_shipped_model_is_silent_on_silence_and_noise():
 
 @needs_model
 @needs_espeak
-@pytest.mark.xfail(reason="the shipped model (650 steps, all the CPU budget allowed) is still in the CTC blank plateau: "
-                          "it emits no text yet; see docs/asr.md", strict=False)
 def test_shipped_model_transcribes_an_unseen_voice(tmp_path):
     from duomind.apps.asr.metrics import cer
     from duomind.apps.asr.synth import speak

@@ -43,7 +43,7 @@ class AsrTrainConfig:
 
     Attributes:
         train_manifest: JSONL of training utterances.
-        eval_manifest: Optional held-out JSONL; CTC-greedy CER on up to `eval_utterances` of it is logged.
+        eval_manifest: Optional held-out JSONL; CTC-greedy CER on `eval_utterances` of it (evenly spaced) is logged.
         out_dir: Run directory (checkpoints, metrics.jsonl, loss.png); an existing run is resumed.
         release_dir: When training reaches `max_steps`, the bare model (config, weights, tokenizer, CMVN
             statistics) is written here, e.g. `assets/asr`.
@@ -190,7 +190,12 @@ class _Bundle:
 
 
 def release(model: Dolphin, tok: AsrTokenizer, cmvn: GlobalCMVN, directory: str | Path) -> Path:
-    """Write the bare model directory (what `transcribe` loads), sealed so a partial copy is refused."""
+    """Write the bare model directory (what `transcribe` loads), sealed so a partial copy is refused.
+
+    Written beside `directory` and swapped in by rename; the previous model is moved aside first and
+    deleted only once the new one is in place, so a crash leaves one complete model.
+    """
+    import os
     import shutil
     import tempfile
 
@@ -198,11 +203,21 @@ def release(model: Dolphin, tok: AsrTokenizer, cmvn: GlobalCMVN, directory: str 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
     _Bundle(model, tok, cmvn).save_pretrained(tmp)
+    for f in [tmp, *tmp.iterdir()]:  # readable by others, not mkdtemp's private 0700 / 0600
+        os.chmod(f, 0o755 if f.is_dir() else 0o644)
     seal(tmp, {"kind": "duomind-asr"})
+    old = directory.with_name(f".old-{directory.name}-{tmp.name[-8:]}")
     if directory.exists():
-        shutil.rmtree(directory)
+        directory.rename(old)
     tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def _spread(rows: list[dict], n: int) -> list[dict]:
+    """`n` rows evenly spaced through the manifest: every language, since manifests are grouped by language."""
+    step = max(len(rows) // max(n, 1), 1)
+    return rows[::step][:n]
 
 
 def _batches(lengths: list[int], batch_size: int, epoch: int, seed: int) -> list[list[int]]:
@@ -239,7 +254,7 @@ def train(cfg: AsrTrainConfig) -> Path:
     feats = [cmvn(f.float()).half() for f in raw]
     del raw
     examples = [targets(tok, r) for r in rows]
-    eval_rows = read_manifest(cfg.eval_manifest)[: cfg.eval_utterances] if cfg.eval_manifest else []
+    eval_rows = _spread(read_manifest(cfg.eval_manifest), cfg.eval_utterances) if cfg.eval_manifest else []
 
     model = Dolphin(preset(cfg.model_preset, vocab_size=tok.vocab_size, **cfg.model))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]

@@ -1,7 +1,7 @@
 """Fast vs slow vs auto: accuracy and response tokens per difficulty of the dual-system model.
 
 Trains (or reuses) the model of recipes/reasoner/default.yaml: fast + slow SFT on the synthetic tasks, auto labels
-from the model's own fast-mode pass rate, fusion SFT (duomind.reasoner.dual); then answers held-out problems
+from the model's own pass rates (the recipe's rule), fusion SFT (duomind.reasoner.dual); then answers held-out problems
 greedily in each mode. Goals (issue 11): auto accuracy >= 0.95 x slow, auto tokens <= 0.6 x slow, slow beats
 fast by >= 20 points at difficulty >= 3.
 
@@ -57,25 +57,40 @@ def router_bounds(ev: dict) -> dict:
     return out
 
 
-def threshold_sweep(cfg: DualConfig, report: dict, thresholds: list[float]) -> dict:
-    """Auto mode at other fast thresholds: the same dual model and pass rates, a fusion SFT for each."""
+def label_sweep(cfg: DualConfig, report: dict, variants: list[tuple[str, float]]) -> dict:
+    """Auto mode under other label rules: the same dual model, a labelling and a fusion SFT for each."""
     out = {}
-    for t in thresholds:
-        run = train_dual(dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-t{t}", init_from=report["dual_model"],
-                                             fast_threshold=t, firp_steps=0, ship_to=None))
+    for rule, value in variants:
+        knob = {"auto_rule": rule, **({"min_gain": value} if rule == "gain" else {"fast_threshold": value})}
+        tag = f"gain{value}" if rule == "gain" else f"t{value}"
+        run = train_dual(dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-{tag}", init_from=report["dual_model"],
+                                             firp_steps=0, ship_to=None, **knob))
         ev = run["eval"]
-        out[str(t)] = {"fast_share": run["labels"]["fast_share"], "auto_accuracy": ev["auto"]["accuracy"],
-                       "slow_accuracy": ev["slow"]["accuracy"],
-                       "auto_accuracy_over_slow": ev["auto"]["accuracy"] / max(ev["slow"]["accuracy"], 1e-9),
-                       "auto_tokens_over_slow": ev["auto"]["mean_tokens"] / max(ev["slow"]["mean_tokens"], 1e-9)}
-        print(f"fast threshold {t}: {out[str(t)]}")
+        name = f"gain >= {value}" if rule == "gain" else f"pass_rate >= {value}"
+        out[name] = {"fast_share": run["labels"]["fast_share"], "auto_accuracy": ev["auto"]["accuracy"],
+                     "slow_accuracy": ev["slow"]["accuracy"],
+                     "auto_accuracy_over_slow": ev["auto"]["accuracy"] / max(ev["slow"]["accuracy"], 1e-9),
+                     "auto_tokens_over_slow": ev["auto"]["mean_tokens"] / max(ev["slow"]["mean_tokens"], 1e-9)}
+        print(f"auto labels by {name}: {out[name]}")
+    return out
+
+
+def _variants(spec: str) -> list[tuple[str, float]]:
+    """'pass_rate:0.75,gain:0.5' -> [('pass_rate', 0.75), ('gain', 0.5)]."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        rule, _, value = item.partition(":")
+        if rule not in ("pass_rate", "gain") or not value:
+            raise SystemExit(f"--label_rules: {item!r} is not RULE:VALUE with RULE pass_rate or gain.")
+        out.append((rule, float(value)))
     return out
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--thresholds", default=None,
-                   help="other fast thresholds to train auto mode at, comma-separated (default 0.25,0.5; quick 0.5)")
+    p.add_argument("--label_rules", default=None,
+                   help="other auto-label rules to train auto mode with, RULE:VALUE comma-separated (default "
+                        "pass_rate:0.25,pass_rate:0.5,pass_rate:0.75,gain:0.5; quick pass_rate:0.5)")
     args = p.parse_args()
     out = out_dir(args)
     cfg = config(args.quick, args.threads)
@@ -94,8 +109,8 @@ def main() -> None:
         "slow_minus_fast_hard": hard["slow"] - hard["fast"],
         "auto_labels": report["labels"], "n_eval": ev["fast"]["n"], "router_bounds": router_bounds(ev),
         "firp": {k: v for k, v in report.get("firp", {}).items() if k != "seconds"},
-        "threshold_sweep": threshold_sweep(cfg, report, [float(t) for t in (args.thresholds or (
-            "0.5" if args.quick else "0.25,0.5")).split(",") if t]),
+        "label_sweep": label_sweep(cfg, report, _variants(args.label_rules or (
+            "pass_rate:0.5" if args.quick else "pass_rate:0.25,pass_rate:0.5,pass_rate:0.75,gain:0.5"))),
         "setup": {k: v for k, v in report["config"].items() if k not in ("out_dir", "progress")},
     }
     result["goals_met"] = {"auto_accuracy_over_slow >= 0.95": result["auto_accuracy_over_slow"] >= 0.95,
@@ -111,23 +126,35 @@ def main() -> None:
     print("goals:", result["goals_met"])
     write("dual_mode", result, out)
 
+    plot(result, out / "dual_mode.png")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Accuracy and tokens by difficulty per mode; auto's trade-off under each label rule and the router bounds."""
     plt = figure()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
     for m, style in zip(EVAL_MODES, ("o-", "s-", "^--")):
-        levels = list(ev[m]["by_difficulty"])
-        ax1.plot([int(k) for k in levels], [ev[m]["by_difficulty"][k] for k in levels], style, label=m)
-        ax2.plot([int(k) for k in levels], [ev[m]["tokens_by_difficulty"][k] for k in levels], style, label=m)
+        acc, tok = result["accuracy_by_difficulty"][m], result["tokens_by_difficulty"][m]
+        ax1.plot([int(k) for k in acc], list(acc.values()), style, label=m)
+        ax2.plot([int(k) for k in tok], list(tok.values()), style, label=m)
     ax1.set(xlabel="difficulty", ylabel="held-out accuracy (greedy)", ylim=(0, 1.02), xticks=[1, 2, 3, 4])
     ax2.set(xlabel="difficulty", ylabel="response tokens (mean)", xticks=[1, 2, 3, 4])
     ax1.legend()
-    sweep = {str(cfg.fast_threshold): {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
-                                       "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]},
-             **result["threshold_sweep"]}
-    for i, (t, r) in enumerate(sorted(sweep.items())):  # the points sit close together: labels stacked left
-        ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "o", color="tab:green")
-        ax3.annotate(f"auto, fast threshold {t}", (r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"]),
-                     fontsize=7, xytext=(-150, -30 - 12 * i), textcoords="offset points",
-                     arrowprops={"arrowstyle": "-", "color": "tab:green", "lw": 0.5})
+    c = result["setup"]
+    recipe_rule = f"gain >= {c['min_gain']}" if c["auto_rule"] == "gain" else f"pass_rate >= {c['fast_threshold']}"
+    sweep = {recipe_rule: {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
+                           "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]}, **result["label_sweep"]}
+    stacked = {"gain": 0, "pass_rate": 0}  # points of a rule sit close together: their labels are stacked below
+    for name, r in sorted(sweep.items(), key=lambda kv: kv[1]["auto_tokens_over_slow"]):
+        rule = name.split()[0]
+        color = "tab:purple" if rule == "gain" else "tab:green"
+        ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "o", color=color)
+        ax3.annotate(f"auto, {name}" + (" (recipe)" if name == recipe_rule else ""),
+                     (r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"]), fontsize=7,
+                     xytext=(-40, -100 - 12 * stacked[rule]) if rule == "gain" else (-150, -30 - 12 * stacked[rule]),
+                     textcoords="offset points",
+                     arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5})
+        stacked[rule] += 1
     short = {"fast_if_solved": "perfect router:\nskip if fast is right", "fast_unless_thinking_helps":
              "perfect router:\nskip unless thinking helps"}
     for name, b in result["router_bounds"].items():
@@ -140,7 +167,7 @@ def main() -> None:
             xlim=(0, 1.25), ylim=(0.5, 1.15))
     fig.suptitle("dual-system model: fast / slow / auto")
     fig.tight_layout()
-    fig.savefig(out / "dual_mode.png")
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

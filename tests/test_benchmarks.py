@@ -33,7 +33,7 @@ KEYS = {
     "prune": ["loss_after_recovery", "speedup_decode", "pangu_light_beats_minitron_and_shortgpt", "models",
               "dssn_loss_after_recovery"],
     "dual_mode": ["accuracy", "tokens", "accuracy_by_difficulty", "tokens_by_difficulty", "auto_accuracy_over_slow",
-                  "auto_tokens_over_slow", "slow_minus_fast_hard", "auto_labels", "router_bounds", "threshold_sweep",
+                  "auto_tokens_over_slow", "slow_minus_fast_hard", "auto_labels", "router_bounds", "label_sweep",
                   "goals_met"],
     "serve": ["tokens_per_s", "levels", "throughput_ratio_16_over_1", "throughput_ratio_4_over_1", "goal_met"],
     "distill": ["accuracy_by_iteration", "merge_balanced_at_or_above_others", "final_accuracy_merge_balanced",

@@ -9,7 +9,7 @@ import pytest
 
 from duomind.config import ConfigError
 from duomind.reasoner.dual import DualConfig, train_dual
-from duomind.reasoner.fusion import adaptive_reward, auto_label, fusion_records
+from duomind.reasoner.fusion import adaptive_reward, auto_label, fusion_records, gain_label
 from duomind.tasks import THINK_OPEN, generate
 
 
@@ -19,6 +19,16 @@ def test_auto_label_threshold():
     assert auto_label(0.5, 0.75) == "slow"
     with pytest.raises(ValueError, match="pass_rate"):
         auto_label(1.5, 0.75)
+
+
+def test_gain_label_thinks_only_where_thinking_helps():
+    assert gain_label(0.0, 0.75, 0.25) == "slow"
+    assert gain_label(0.25, 0.5, 0.25) == "slow"  # a gain of exactly min_gain earns the thought
+    assert gain_label(0.0, 0.0, 0.25) == "fast"  # unsolved either way: thinking would only cost tokens
+    assert gain_label(1.0, 1.0, 0.25) == "fast"
+    assert gain_label(0.75, 0.5, 0.25) == "fast"
+    with pytest.raises(ValueError, match="slow_rate"):
+        gain_label(0.5, -0.1, 0.25)
 
 
 def test_fusion_records_keep_manual_modes_and_label_auto():
@@ -51,6 +61,27 @@ def test_config_rejects_bad_threshold_and_odd_rl_groups():
         DualConfig(fast_threshold=0.0)
     with pytest.raises(ConfigError, match="rl_group"):
         DualConfig(rl_group=3)
+    with pytest.raises(ConfigError, match="auto_rule"):
+        DualConfig(auto_rule="threshold")
+    with pytest.raises(ConfigError, match="min_gain"):
+        DualConfig(min_gain=0.0)
+
+
+def test_gain_rule_labels_from_both_modes_and_a_run_keeps_its_rule(shipped_reasoner, tmp_path):
+    import dataclasses
+
+    cfg, report, _ = shipped_reasoner
+    gain = dataclasses.replace(cfg, out_dir=str(tmp_path / "gain"), init_from=report["dual_model"], auto_rule="gain",
+                               min_gain=0.5, rl_steps=0, firp_steps=0, ship_to=None)
+    run = train_dual(gain)
+    labels = [json.loads(x) for x in (tmp_path / "gain" / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 6 and all(r["rule"] == "gain >= 0.5" for r in labels)
+    assert all(r["label"] == ("slow" if r["slow_pass_rate"] - r["fast_pass_rate"] >= 0.5 else "fast") for r in labels)
+    assert (tmp_path / "gain" / "labels-slow.partial.jsonl").is_file()
+    assert run["labels"]["n"] == 6 and Path(run["model"]).parent.name == "fusion"
+    # the fusion model there was trained on these labels: another rule in the same directory is refused
+    with pytest.raises(ConfigError, match="new out_dir"):
+        train_dual(dataclasses.replace(gain, auto_rule="pass_rate"))
 
 
 def test_pipeline_runs_and_resumes(shipped_reasoner):

@@ -31,7 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "merge": ("duomind.merge:merge_cli", "Merge checkpoints (linear, task arithmetic, TIES, DARE, SLERP, Model Stock) from a YAML config."),
     "moe stats": ("duomind.moe_cli:stats_cli", "Per-layer expert and device loads and imbalance score (IS) of a MoE checkpoint; heat-map PNG."),
     "moe upcycle": ("duomind.moe_cli:upcycle_cli", "Turn a dense checkpoint into a MoE or MoGE one (experts copied from the MLP)."),
-    "reasoner train": ("duomind.reasoner.dual:train_cli", "Dual-system training: fast + slow SFT, auto labels from the model's own pass rate, fusion SFT, optional AdaptThink RL, FIRP predictors, ship."),
+    "reasoner train": ("duomind.reasoner.dual:train_cli", "Dual-system training: fast + slow SFT, auto labels from the model's own pass rates, fusion SFT, optional AdaptThink RL, FIRP predictors, ship."),
     "prune": ("duomind.prune.cli:prune_cli", "Prune a checkpoint (Pangu Light: CLAP, SLNP, post-norm absorption; minitron, shortgpt)."),
     "prune plan": ("duomind.prune.cli:plan_cli", "Print a pruning plan: sizes and parameter counts per part, before any work."),
     "prune recover": ("duomind.prune.cli:recover_cli", "Recover a pruned model by KD from its unpruned source (the trainer, mode kd)."),

@@ -4,7 +4,7 @@ Stages, each skipped when its output exists (so an interrupted run resumes):
 
 1. data: synthetic verifiable tasks over several difficulty levels (`duomind data make`), a tokenizer.
 2. dual SFT: fast and slow chats of every training problem (or start from `init_from`).
-3. labels: the student's own fast-mode pass rate on a pool of training problems -> auto labels.
+3. labels: the student's own pass rates (fast mode; slow mode too for the `gain` rule) on a pool of training problems -> auto labels.
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
    Then, with `rl_steps` > 0, AdaptThink RL on auto mode (`duomind.reasoner.adapt`).
 5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
@@ -24,6 +24,7 @@ from typing import Any
 from duomind.config import ConfigError
 
 EVAL_MODES = ("fast", "slow", "auto")
+AUTO_RULES = ("pass_rate", "gain")
 
 
 @dataclass
@@ -44,10 +45,14 @@ class DualConfig:
         batch_size: Sequences per training step.
         sft_steps: Steps of the dual (fast + slow) SFT.
         sft_lr: Peak learning rate of the dual SFT.
-        label_pool: Training problems whose fast pass rate labels auto mode.
+        label_pool: Training problems whose pass rates label auto mode.
         label_samples: Fast-mode samples per pool problem.
         label_temperature: Sampling temperature of those samples.
-        fast_threshold: Pass rate from which a problem's auto target is the fast answer.
+        auto_rule: How auto labels are made: `pass_rate` (fast where the fast pass rate reaches
+            `fast_threshold`; Pangu Embedded) or `gain` (slow only where thinking raises the pass rate by
+            `min_gain` or more; AdaptThink's optimum, costs slow-mode samples of the pool too).
+        fast_threshold: Pass rate from which a problem's auto target is the fast answer (`pass_rate` rule).
+        min_gain: Slow minus fast pass rate from which a problem's auto target is the slow answer (`gain` rule).
         fusion_steps: Steps of the fusion SFT.
         fusion_lr: Peak learning rate of the fusion SFT.
         max_new_tokens: Longest response in labelling and evaluation.
@@ -82,7 +87,9 @@ class DualConfig:
     label_pool: int = 2000
     label_samples: int = 4
     label_temperature: float = 0.7
+    auto_rule: str = "pass_rate"
     fast_threshold: float = 0.75
+    min_gain: float = 0.25
     fusion_steps: int = 800
     fusion_lr: float = 5e-4
     max_new_tokens: int = 160
@@ -104,6 +111,10 @@ class DualConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.fast_threshold <= 1.0:
             raise ConfigError(f"fast_threshold={self.fast_threshold} must lie in (0, 1]: it is a pass rate.")
+        if self.auto_rule not in AUTO_RULES:
+            raise ConfigError(f"auto_rule={self.auto_rule!r} is not one of {', '.join(AUTO_RULES)}.")
+        if not 0.0 < self.min_gain <= 1.0:
+            raise ConfigError(f"min_gain={self.min_gain} must lie in (0, 1]: it is a difference of pass rates.")
         for name in ("n", "label_pool", "label_samples", "max_new_tokens", "gen_batch_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
@@ -142,7 +153,7 @@ def train_dual(cfg: DualConfig) -> dict:
     import torch
 
     from duomind.progress import progress_bar
-    from duomind.reasoner.fusion import auto_label, fast_pass_rates, fusion_records
+    from duomind.reasoner.fusion import auto_label, fusion_records, gain_label, pass_rates
     from duomind.tasks import read_tasks, write_jsonl
     from duomind.tasks.cli import make
     from duomind.tokenizer import load_tokenizer, train_cli
@@ -169,14 +180,27 @@ def train_dual(cfg: DualConfig) -> dict:
     train_tasks = [t for t in read_tasks(data / "tasks.jsonl")
                    if t.id not in {h.id for h in read_tasks(data / "heldout.jsonl")}]
     pool = random.Random(cfg.seed).sample(train_tasks, min(cfg.label_pool, len(train_tasks)))
+    rule = (f"gain >= {cfg.min_gain}" if cfg.auto_rule == "gain" else f"pass_rate >= {cfg.fast_threshold}")
     if not labels_path.is_file():
         model = load_model(dual)
-        with progress_bar("auto labels", len(pool), enabled=cfg.progress) as advance:
-            rates = fast_pass_rates(model, tok, pool, cfg.label_samples, cfg.label_temperature, cfg.max_new_tokens,
-                                    cfg.gen_batch_size, cfg.seed, out / "labels.partial.jsonl", advance)
-        write_jsonl(labels_path, [{"id": t.id, "difficulty": t.difficulty, "fast_pass_rate": r,
-                                   "label": auto_label(r, cfg.fast_threshold)} for t, r in zip(pool, rates)])
+        rates = {}
+        for mode in ("fast", "slow") if cfg.auto_rule == "gain" else ("fast",):
+            partial = out / ("labels.partial.jsonl" if mode == "fast" else f"labels-{mode}.partial.jsonl")
+            with progress_bar(f"auto labels ({mode} samples)", len(pool), enabled=cfg.progress) as advance:
+                rates[mode] = pass_rates(model, tok, pool, mode, cfg.label_samples, cfg.label_temperature,
+                                         cfg.max_new_tokens, cfg.gen_batch_size, cfg.seed, partial, advance)
+        rows = []
+        for i, t in enumerate(pool):
+            row = {"id": t.id, "difficulty": t.difficulty, "rule": rule, **{f"{m}_pass_rate": r[i] for m, r in rates.items()}}
+            row["label"] = (gain_label(row["fast_pass_rate"], row["slow_pass_rate"], cfg.min_gain)
+                            if cfg.auto_rule == "gain" else auto_label(row["fast_pass_rate"], cfg.fast_threshold))
+            rows.append(row)
+        write_jsonl(labels_path, rows)
     labels = {r["id"]: r for r in map(json.loads, labels_path.read_text().splitlines())}
+    made_with = next(iter(labels.values())).get("rule", f"pass_rate >= {cfg.fast_threshold}")
+    if made_with != rule:  # the fusion data and model here follow the old labels: keep them, start elsewhere
+        raise ConfigError(f"{labels_path} was labelled with `{made_with}`, this config asks for `{rule}`; "
+                          "use a new out_dir (with init_from: the dual model) to label by another rule.")
     fusion = out / "fusion.jsonl"
     if not fusion.is_file():
         write_jsonl(fusion, fusion_records(pool, [labels[t.id]["label"] for t in pool]))

@@ -4,9 +4,13 @@ Pangu Embedded (arXiv 2505.22375), Stage 2: one model answers fast (directly) or
 request, and in auto mode chooses by itself, having learnt the choice from a curated fusion of fast and
 slow data. Design choices (specs/pangu-embedded.md):
 
-1. Pass rate: sample the student N times per training problem in fast mode; verify with MARS.
-2. Auto label: fast when that pass rate reaches a threshold (the student can already answer without
-   thinking), else slow.
+1. Pass rate: sample the student N times per training problem in fast mode (and, for the `gain` rule, in
+   slow mode); verify with MARS.
+2. Auto label, one of two rules. `pass_rate` (the paper's): fast when the fast pass rate reaches a threshold
+   (the student can already answer without thinking). `gain`: slow only where thinking raises the pass
+   rate by at least a margin, so problems the student cannot solve either way are answered fast too; this
+   is the optimum of AdaptThink's constrained objective (fewest thoughts at no loss of accuracy), taken as
+   labels instead of learnt by RL.
 3. Fusion records: every labelled problem gives a fast chat, a slow chat (manual modes keep working) and an
    auto chat whose target is the labelled one; in auto mode the model's first token is `<think>` or not.
 
@@ -25,14 +29,14 @@ from duomind.tasks import Task, sft_record
 LABELS = ("fast", "slow")
 
 
-def fast_pass_rates(model, tok, tasks: Sequence[Task], samples: int, temperature: float, max_new_tokens: int,
-                    batch_size: int, seed: int, partial: Path, advance: Callable[[int], None]) -> list[float]:
-    """The student's fast-mode pass rate on each task over `samples` verified samples (resumable via `partial`)."""
+def pass_rates(model, tok, tasks: Sequence[Task], mode: str, samples: int, temperature: float, max_new_tokens: int,
+               batch_size: int, seed: int, partial: Path, advance: Callable[[int], None]) -> list[float]:
+    """The student's pass rate in `mode` on each task over `samples` verified samples (resumable via `partial`)."""
     from duomind.distill.loop import Verifier, sample_chunked
 
     verifier = Verifier()
     try:
-        rows = sample_chunked(model, tok, list(tasks), "fast", samples, temperature, None, max_new_tokens,
+        rows = sample_chunked(model, tok, list(tasks), mode, samples, temperature, None, max_new_tokens,
                               batch_size, seed, partial, verifier, advance)
     finally:
         verifier.close()
@@ -44,6 +48,14 @@ def auto_label(pass_rate: float, threshold: float) -> str:
     if not 0.0 <= pass_rate <= 1.0:
         raise ValueError(f"pass_rate must lie in [0, 1], got {pass_rate}")
     return "fast" if pass_rate >= threshold else "slow"
+
+
+def gain_label(fast_rate: float, slow_rate: float, min_gain: float) -> str:
+    """`slow` only when thinking raises the pass rate by at least `min_gain`, else `fast`."""
+    for name, r in (("fast_rate", fast_rate), ("slow_rate", slow_rate)):
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {r}")
+    return "slow" if slow_rate - fast_rate >= min_gain else "fast"
 
 
 def fusion_records(tasks: Sequence[Task], labels: Sequence[str]) -> list[dict[str, Any]]:

@@ -96,8 +96,7 @@ def model_card(model, report: dict[str, Any]) -> str:
         f"{', '.join(map(str, c['difficulty']))}; {c['heldout_fraction']:.0%} held back (`heldout.jsonl`, never "
         "trained on).",
         "- Every problem as a fast chat (the answer) and a slow chat (`<think>` steps `</think>` answer).",
-        f"- Auto labels: the dual model's own fast-mode pass rate over {c['label_samples']} samples at temperature "
-        f"{c['label_temperature']} on {c['label_pool']} training problems; fast when it reaches {c['fast_threshold']}. "
+        f"- Auto labels: {_label_rule(c)} "
         f"Fast share: {_pct(report['labels']['fast_share'])} "
         f"(by level: {', '.join(f'{k}: {_pct(v)}' for k, v in report['labels']['fast_share_by_difficulty'].items())}).",
         "",
@@ -135,3 +134,13 @@ def model_card(model, report: dict[str, Any]) -> str:
               "Synthetic arithmetic, sequence and word problems only; anything else gets confident nonsense. Numbers",
               "above are on held-back problems of the same generator, not on public benchmarks.", ""]
     return "\n".join(lines)
+
+
+def _label_rule(c: dict) -> str:
+    """How the auto labels were made, in a sentence."""
+    rates = (f"over {c['label_samples']} samples at temperature {c['label_temperature']} on {c['label_pool']} "
+             "training problems")
+    if c.get("auto_rule", "pass_rate") == "gain":
+        return (f"the dual model's own fast- and slow-mode pass rates {rates}; slow where thinking raises the pass "
+                f"rate by {c['min_gain']} or more, else fast.")
+    return f"the dual model's own fast-mode pass rate {rates}; fast when it reaches {c['fast_threshold']}."

@@ -46,7 +46,7 @@ class DualConfig:
         sft_steps: Steps of the dual (fast + slow) SFT.
         sft_lr: Peak learning rate of the dual SFT.
         label_pool: Training problems whose pass rates label auto mode.
-        label_samples: Fast-mode samples per pool problem.
+        label_samples: Samples per pool problem in each mode the rule needs.
         label_temperature: Sampling temperature of those samples.
         auto_rule: How auto labels are made: `pass_rate` (fast where the fast pass rate reaches
             `fast_threshold`; Pangu Embedded) or `gain` (slow only where thinking raises the pass rate by
@@ -180,7 +180,7 @@ def train_dual(cfg: DualConfig) -> dict:
     train_tasks = [t for t in read_tasks(data / "tasks.jsonl")
                    if t.id not in {h.id for h in read_tasks(data / "heldout.jsonl")}]
     pool = random.Random(cfg.seed).sample(train_tasks, min(cfg.label_pool, len(train_tasks)))
-    rule = (f"gain >= {cfg.min_gain}" if cfg.auto_rule == "gain" else f"pass_rate >= {cfg.fast_threshold}")
+    rule = f"gain >= {cfg.min_gain}" if cfg.auto_rule == "gain" else f"pass_rate >= {cfg.fast_threshold}"
     if not labels_path.is_file():
         model = load_model(dual)
         rates = {}

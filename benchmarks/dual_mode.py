@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import CACHE, figure, out_dir, parser, write
 from duomind.config import from_dict, load_mapping
-from duomind.reasoner.dual import EVAL_MODES, DualConfig, train_dual
+from duomind.reasoner.dual import AUTO_RULES, EVAL_MODES, DualConfig, train_dual
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "default.yaml"
 
@@ -63,10 +63,11 @@ def label_sweep(cfg: DualConfig, report: dict, variants: list[tuple[str, float]]
     for rule, value in variants:
         knob = {"auto_rule": rule, **({"min_gain": value} if rule == "gain" else {"fast_threshold": value})}
         tag = f"gain{value}" if rule == "gain" else f"t{value}"
-        run = train_dual(dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-{tag}", init_from=report["dual_model"],
-                                             firp_steps=0, ship_to=None, **knob))
+        variant = dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-{tag}", init_from=report["dual_model"],
+                                      firp_steps=0, ship_to=None, **knob)
+        run = train_dual(variant)
         ev = run["eval"]
-        name = f"gain >= {value}" if rule == "gain" else f"pass_rate >= {value}"
+        name = variant.label_rule
         out[name] = {"fast_share": run["labels"]["fast_share"], "auto_accuracy": ev["auto"]["accuracy"],
                      "slow_accuracy": ev["slow"]["accuracy"],
                      "auto_accuracy_over_slow": ev["auto"]["accuracy"] / max(ev["slow"]["accuracy"], 1e-9),
@@ -80,8 +81,8 @@ def _variants(spec: str) -> list[tuple[str, float]]:
     out = []
     for item in filter(None, spec.split(",")):
         rule, _, value = item.partition(":")
-        if rule not in ("pass_rate", "gain") or not value:
-            raise SystemExit(f"--label_rules: {item!r} is not RULE:VALUE with RULE pass_rate or gain.")
+        if rule not in AUTO_RULES or not value:
+            raise SystemExit(f"--label_rules: {item!r} is not RULE:VALUE with RULE one of {', '.join(AUTO_RULES)}.")
         out.append((rule, float(value)))
     return out
 
@@ -140,8 +141,7 @@ def plot(result: dict, path: Path) -> None:
     ax1.set(xlabel="difficulty", ylabel="held-out accuracy (greedy)", ylim=(0, 1.02), xticks=[1, 2, 3, 4])
     ax2.set(xlabel="difficulty", ylabel="response tokens (mean)", xticks=[1, 2, 3, 4])
     ax1.legend()
-    c = result["setup"]
-    recipe_rule = f"gain >= {c['min_gain']}" if c["auto_rule"] == "gain" else f"pass_rate >= {c['fast_threshold']}"
+    recipe_rule = DualConfig(**{k: result["setup"][k] for k in ("auto_rule", "min_gain", "fast_threshold")}).label_rule
     sweep = {recipe_rule: {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
                            "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]}, **result["label_sweep"]}
     stacked = {"gain": 0, "pass_rate": 0}  # points of a rule sit close together: their labels are stacked below

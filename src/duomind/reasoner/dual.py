@@ -124,6 +124,11 @@ class DualConfig:
             raise ConfigError(f"rl_steps={self.rl_steps} must be >= 0 and rl_group={self.rl_group} an even number "
                               ">= 2 (AdaptThink samples half of each group fast, half slow).")
 
+    @property
+    def label_rule(self) -> str:
+        """The auto-label rule in words, e.g. `gain >= 0.25`; recorded with every label."""
+        return f"gain >= {self.min_gain}" if self.auto_rule == "gain" else f"pass_rate >= {self.fast_threshold}"
+
 
 def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, **start: Any) -> Path:
     from duomind.config import TrainConfig
@@ -180,7 +185,7 @@ def train_dual(cfg: DualConfig) -> dict:
     train_tasks = [t for t in read_tasks(data / "tasks.jsonl")
                    if t.id not in {h.id for h in read_tasks(data / "heldout.jsonl")}]
     pool = random.Random(cfg.seed).sample(train_tasks, min(cfg.label_pool, len(train_tasks)))
-    rule = f"gain >= {cfg.min_gain}" if cfg.auto_rule == "gain" else f"pass_rate >= {cfg.fast_threshold}"
+    rule = cfg.label_rule
     if not labels_path.is_file():
         model = load_model(dual)
         rates = {}

@@ -67,6 +67,66 @@ def test_config_rejects_bad_threshold_and_odd_rl_groups():
         DualConfig(min_gain=0.0)
 
 
+def test_stage1_settings_are_checked_before_any_training():
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        DualConfig(distill={"iterations": 1})
+    with pytest.raises(ConfigError, match="set by it"):
+        DualConfig(teacher="t", distill={"student": "elsewhere"})
+    with pytest.raises(ConfigError, match="set by it"):
+        DualConfig(rl={"policy": "elsewhere"})
+    with pytest.raises(ConfigError, match="max_step"):  # a typo in a step's settings, named with a hint
+        DualConfig(rl={"max_step": 3})
+    with pytest.raises(ConfigError, match="unknown key"):
+        DualConfig(teacher={"preset": "demo", "steps": 3}, distill={})
+    with pytest.raises(ConfigError, match="teacher.steps"):
+        DualConfig(teacher={"model_preset": "demo"}, distill={})
+
+
+def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_step(tmp_path):
+    """Pre-training -> dual SFT -> teacher -> iterative distillation with merging -> GRPO on Ray -> labels ->
+    fusion -> eval -> ship: each step starts from the one before, and a finished run re-runs nothing."""
+    pytest.importorskip("ray")
+    from duomind.train.checkpoint import resolve_checkpoint
+
+    cfg = DualConfig(out_dir=str(tmp_path / "run"), tasks=["add"], difficulty=[1, 2], n=120, heldout_fraction=0.1,
+                     model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, pretrain_steps=3, sft_steps=4,
+                     teacher={"model_preset": "tiny", "model": {"num_hidden_layers": 3}, "steps": 4},
+                     distill={"iterations": 1, "prompts_per_iteration": 8, "teacher_samples": 2, "student_samples": 2,
+                              "max_new_tokens": 24, "select_size": 4, "selection": "random", "merge_checkpoints": 2,
+                              "sft": {"max_steps": 2, "save_every": 1, "seq_len": 128, "global_batch_size": 4,
+                                      "micro_batch_size": 4}},
+                     rl={"max_steps": 2, "group_size": 2, "batch_groups": 1, "workers": 1, "max_new_tokens": 16,
+                         "eval_max": 4, "mode_mix": {"fast": 0.5, "slow": 0.5}, "save_every": 1},
+                     fusion_steps=2, label_pool=4, label_samples=2, max_new_tokens=24, eval_limit=4,
+                     gen_batch_size=16, ship_to=str(tmp_path / "asset"), threads=1, progress=False)
+    report = train_dual(cfg)
+    run = Path(cfg.out_dir)
+    # each step starts from the previous one's output
+    import yaml
+
+    assert yaml.safe_load((run / "sft" / "train_config.yaml").read_text())["init_from"] == str(
+        resolve_checkpoint(run / "pretrain"))
+    assert yaml.safe_load((run / "pretrain" / "train_config.yaml").read_text())["mode"] == "pretrain"
+    assert (run / "teacher" / "latest").is_file() and (run / "data" / "sft_slow.jsonl").is_file()
+    held = {json.loads(x)["id"] for x in (run / "data" / "heldout.jsonl").read_text().splitlines()}
+    split = [json.loads(x) for x in (run / "data" / "train_tasks.jsonl").read_text().splitlines()]
+    assert split and not held & {r["id"] for r in split}  # Stage 1 never prompts with a held-out problem
+    distilled = json.loads((run / "distill" / "report.json").read_text())
+    assert distilled["iterations"][0]["student"] == str(resolve_checkpoint(run / "sft"))
+    rl_summary = json.loads((run / "rl" / "summary.json").read_text())
+    assert rl_summary["steps"] == 2 and report["stage1"]["rl"]["steps"] == 2
+    assert Path(report["dual_model"]).parent == run / "rl"  # labels and fusion start from the RL model
+    assert report["stage1"]["distill"]["model"] == str(resolve_checkpoint(distilled["iterations"][-1]["student"]))
+    card = (tmp_path / "asset" / "README.md").read_text()
+    for step in ("pre-training 3 steps", "dual SFT 4 steps", "iterative distillation with merging, 1 iterations",
+                 "GRPO 2 steps", "fusion SFT 2 steps"):
+        assert step in card
+    assert not __import__("ray").is_initialized()  # the pipeline's own Ray instance is shut down
+    before = (run / "report.json").stat().st_mtime_ns
+    assert train_dual(cfg) == report  # resumed at the end: nothing runs again
+    assert (run / "report.json").stat().st_mtime_ns == before
+
+
 def test_gain_rule_labels_from_both_modes_and_a_run_keeps_its_rule(shipped_reasoner, tmp_path):
     import dataclasses
 
@@ -82,6 +142,9 @@ def test_gain_rule_labels_from_both_modes_and_a_run_keeps_its_rule(shipped_reaso
     # the fusion model there was trained on these labels: another rule in the same directory is refused
     with pytest.raises(ConfigError, match="new out_dir"):
         train_dual(dataclasses.replace(gain, auto_rule="pass_rate"))
+    # and so are labels of another model (a changed init_from, or a Stage-1 step added to the recipe)
+    with pytest.raises(ConfigError, match="pass rates of"):
+        train_dual(dataclasses.replace(gain, init_from=report["model"]))
 
 
 def test_pipeline_runs_and_resumes(shipped_reasoner):

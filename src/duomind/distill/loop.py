@@ -280,7 +280,8 @@ def plot_report(rows: list[dict], path: Path, title: str) -> None:
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("selected prompts")
     ax2.set_xticks([r["iteration"] for r in sel] or [1])
-    ax2.legend(fontsize=7)
+    if any(bottom):  # random selection records no difficulty bins: nothing to label
+        ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -3,7 +3,9 @@
 Stages, each skipped when its output exists (so an interrupted run resumes):
 
 1. data: synthetic verifiable tasks over several difficulty levels (`duomind data make`), a tokenizer.
-2. dual SFT: fast and slow chats of every training problem (or start from `init_from`).
+2. pre-training (`pretrain_steps` > 0) on the task corpus, then the dual SFT: fast and slow chats of every
+   training problem (or start from `init_from`). Then the optional Stage-1 steps (`duomind.reasoner.stage1`):
+   iterative distillation with merging from a `teacher` (`distill`) and GRPO on Ray (`rl`).
 3. labels: the student's own pass rates (fast mode; slow mode too for the `gain` rule) on a pool of training problems -> auto labels.
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
    Then, with `rl_steps` > 0, AdaptThink RL on auto mode (`duomind.reasoner.adapt`).
@@ -32,8 +34,9 @@ class DualConfig:
     """A dual-system (fast / slow / auto) training run.
 
     Attributes:
-        out_dir: Run directory (data/, tokenizer/, sft/, labels.jsonl, fusion/, report.json, report.png).
-        init_from: A model already fine-tuned on fast and slow chats (skips stages 1-2 except the data);
+        out_dir: Run directory (data/, tokenizer/, pretrain/, sft/, teacher/, distill/, rl/, labels.jsonl, fusion/,
+            report.json).
+        init_from: A model already fine-tuned on fast and slow chats (skips pre-training and the dual SFT);
             its tokenizer is used.
         tasks: Task names of the synthetic data (`duomind data make`).
         difficulty: Difficulty levels of the synthetic data.
@@ -43,8 +46,14 @@ class DualConfig:
         vocab_size: Tokenizer vocabulary of a fresh model.
         seq_len: Training sequence length (tokens).
         batch_size: Sequences per training step.
+        pretrain_steps: Next-token pre-training steps of a fresh model on the task corpus before the dual SFT.
+        pretrain_lr: Peak learning rate of the pre-training.
         sft_steps: Steps of the dual (fast + slow) SFT.
         sft_lr: Peak learning rate of the dual SFT.
+        teacher: Distillation teacher: a checkpoint path (DuoMind or local Hugging Face), or a mapping
+            (model_preset, model, steps, lr) to train one here on the slow chats.
+        distill: DistillConfig fields of Stage-1 iterative distillation from the dual SFT model (null: skip).
+        rl: RLConfig fields of Stage-1 GRPO on Ray after distillation (null: skip; needs the [rl] extra).
         label_pool: Training problems whose pass rates label auto mode.
         label_samples: Samples per pool problem in each mode the rule needs.
         label_temperature: Sampling temperature of those samples.
@@ -82,8 +91,13 @@ class DualConfig:
     vocab_size: int = 512
     seq_len: int = 160
     batch_size: int = 32
+    pretrain_steps: int = 0
+    pretrain_lr: float = 3e-3
     sft_steps: int = 3000
     sft_lr: float = 2e-3
+    teacher: str | dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None
+    rl: dict[str, Any] | None = None
     label_pool: int = 2000
     label_samples: int = 4
     label_temperature: float = 0.7
@@ -118,8 +132,11 @@ class DualConfig:
         for name in ("n", "label_pool", "label_samples", "max_new_tokens", "gen_batch_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
-        if self.sft_steps < 0 or self.fusion_steps < 1:
-            raise ConfigError("sft_steps must be >= 0 and fusion_steps >= 1.")
+        if self.sft_steps < 0 or self.fusion_steps < 1 or self.pretrain_steps < 0:
+            raise ConfigError("pretrain_steps and sft_steps must be >= 0 and fusion_steps >= 1.")
+        from duomind.reasoner.stage1 import check
+
+        check(self.teacher, self.distill, self.rl)
         if self.rl_steps < 0 or self.rl_group < 2 or self.rl_group % 2:
             raise ConfigError(f"rl_steps={self.rl_steps} must be >= 0 and rl_group={self.rl_group} an even number "
                               ">= 2 (AdaptThink samples half of each group fast, half slow).")
@@ -130,11 +147,11 @@ class DualConfig:
         return f"gain >= {self.min_gain}" if self.auto_rule == "gain" else f"pass_rate >= {self.fast_threshold}"
 
 
-def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, **start: Any) -> Path:
+def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, mode: str = "sft", **start: Any) -> Path:
     from duomind.config import TrainConfig
     from duomind.train.loop import train
 
-    return train(TrainConfig(out_dir=str(out), mode="sft", data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
+    return train(TrainConfig(out_dir=str(out), mode=mode, data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
                              warmup_steps=min(30, steps // 10), seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
                              micro_batch_size=cfg.batch_size, save_every=max(steps // 2, 1), log_every=20,
                              weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
@@ -177,8 +194,15 @@ def train_dual(cfg: DualConfig) -> dict:
         tok_dir = out / "tokenizer"
         if not (tok_dir / "tokenizer.json").is_file():
             train_cli(str(data / "corpus.txt"), out=str(tok_dir), vocab_size=cfg.vocab_size)
-        dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, tokenizer=str(tok_dir),
-                      model_preset=cfg.model_preset)
+        start: dict[str, Any] = {"tokenizer": str(tok_dir), "model_preset": cfg.model_preset}
+        if cfg.pretrain_steps:
+            pre = _train(cfg, out / "pretrain", data / "corpus.txt", cfg.pretrain_steps, cfg.pretrain_lr, "pretrain",
+                         **start)
+            start = {"init_from": str(pre)}
+        dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, **start)
+    from duomind.reasoner.stage1 import run_stage1
+
+    dual, stage1 = run_stage1(cfg, out, data, dual, lambda *a, **k: _train(cfg, *a, **k))
     tok = load_tokenizer(dual)
 
     labels_path = out / "labels.jsonl"
@@ -196,16 +220,22 @@ def train_dual(cfg: DualConfig) -> dict:
                                          cfg.max_new_tokens, cfg.gen_batch_size, cfg.seed, partial, advance)
         rows = []
         for i, t in enumerate(pool):
-            row = {"id": t.id, "difficulty": t.difficulty, "rule": rule, **{f"{m}_pass_rate": r[i] for m, r in rates.items()}}
+            row = {"id": t.id, "difficulty": t.difficulty, "rule": rule, "model": str(dual),
+                   **{f"{m}_pass_rate": r[i] for m, r in rates.items()}}
             row["label"] = (gain_label(row["fast_pass_rate"], row["slow_pass_rate"], cfg.min_gain)
                             if cfg.auto_rule == "gain" else auto_label(row["fast_pass_rate"], cfg.fast_threshold))
             rows.append(row)
         write_jsonl(labels_path, rows)
     labels = {r["id"]: r for r in map(json.loads, labels_path.read_text().splitlines())}
-    made_with = next(iter(labels.values())).get("rule", f"pass_rate >= {cfg.fast_threshold}")
-    if made_with != rule:  # the fusion data and model here follow the old labels: keep them, start elsewhere
+    first = next(iter(labels.values()))
+    made_with, made_from = first.get("rule", f"pass_rate >= {cfg.fast_threshold}"), first.get("model", str(dual))
+    # the fusion data and model here follow the old labels: keep them, start elsewhere
+    if made_with != rule:
         raise ConfigError(f"{labels_path} was labelled with `{made_with}`, this config asks for `{rule}`; "
                           "use a new out_dir (with init_from: the dual model) to label by another rule.")
+    if Path(made_from).resolve() != Path(dual).resolve():
+        raise ConfigError(f"{labels_path} holds the pass rates of {made_from}, but this run's labels would come from "
+                          f"{dual} (a changed init_from or Stage-1 step); use a new out_dir.")
     fusion = out / "fusion.jsonl"
     if not fusion.is_file():
         write_jsonl(fusion, fusion_records(pool, [labels[t.id]["label"] for t in pool]))
@@ -224,7 +254,7 @@ def train_dual(cfg: DualConfig) -> dict:
         heldout = random.Random(cfg.seed).sample(heldout, min(cfg.eval_limit, len(heldout)))
     if Path(report.get("model", "")).resolve() != final.resolve() or "items" not in report["eval"]["fast"]:
         model = load_model(final)
-        report = {"model": str(final), "dual_model": str(dual), "config": dataclasses.asdict(cfg),
+        report = {"model": str(final), "dual_model": str(dual), "stage1": stage1, "config": dataclasses.asdict(cfg),
                   "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
                   "labels": label_summary(list(labels.values()))}
         if final != fused:  # what RL changed

@@ -101,9 +101,7 @@ def model_card(model, report: dict[str, Any]) -> str:
         f"(by level: {', '.join(f'{k}: {_pct(v)}' for k, v in report['labels']['fast_share_by_difficulty'].items())}).",
         "",
         "## Recipe",
-        f"`duomind reasoner train` (duomind.reasoner.dual): dual SFT {c['sft_steps']} steps (batch {c['batch_size']}, "
-        f"sequence {c['seq_len']}, peak LR {c['sft_lr']}) -> auto labels -> fusion SFT {c['fusion_steps']} steps "
-        f"(peak LR {c['fusion_lr']})" + (f" -> FIRP predictors {c['firp_steps']} steps" if c.get("firp_steps") else "")
+        "`duomind reasoner train` (duomind.reasoner.dual): " + " -> ".join(_steps(c, report.get("stage1") or {}))
         + ". Full settings:",
         "",
         "```yaml",
@@ -134,6 +132,28 @@ def model_card(model, report: dict[str, Any]) -> str:
               "Synthetic arithmetic, sequence and word problems only; anything else gets confident nonsense. Numbers",
               "above are on held-back problems of the same generator, not on public benchmarks.", ""]
     return "\n".join(lines)
+
+
+def _steps(c: dict, stage1: dict) -> list[str]:
+    """The recipe's steps in order, with the Stage-1 numbers measured on held-out problems (slow mode)."""
+    acc = lambda xs: " -> ".join(_pct(x) for x in xs if x is not None)  # noqa: E731
+    steps = [f"pre-training {c['pretrain_steps']} steps"] if c.get("pretrain_steps") else []
+    steps.append(f"dual SFT {c['sft_steps']} steps (batch {c['batch_size']}, sequence {c['seq_len']}, peak LR "
+                 f"{c['sft_lr']})")
+    if "distill" in stage1:
+        d = stage1["distill"]
+        steps.append(f"iterative distillation with merging, {len(d['accuracy_by_iteration']) - 1} iterations "
+                     f"(accuracy {acc(d['accuracy_by_iteration'])})")
+    if "rl" in stage1:
+        r = stage1["rl"]
+        steps.append(f"GRPO {r['steps']} steps, staleness {r['staleness']} (accuracy "
+                     f"{acc([r['accuracy_before'], r['accuracy_after']])})")
+    steps += ["auto labels", f"fusion SFT {c['fusion_steps']} steps (peak LR {c['fusion_lr']})"]
+    if c.get("rl_steps"):
+        steps.append(f"AdaptThink RL {c['rl_steps']} steps")
+    if c.get("firp_steps"):
+        steps.append(f"FIRP predictors {c['firp_steps']} steps")
+    return steps
 
 
 def _label_rule(c: dict) -> str:

@@ -1,8 +1,8 @@
 """Fast vs slow vs auto: accuracy and response tokens per difficulty of the dual-system model.
 
-Trains (or reuses) the model of recipes/reasoner/default.yaml: fast + slow SFT on the synthetic tasks, auto labels
-from the model's own pass rates (the recipe's rule), fusion SFT (duomind.reasoner.dual); then answers held-out problems
-greedily in each mode. Goals (issue 11): auto accuracy >= 0.95 x slow, auto tokens <= 0.6 x slow, slow beats
+Trains (or reuses) the model of recipes/reasoner/default.yaml, the whole embedded pipeline: pre-training, fast + slow
+SFT on the synthetic tasks, iterative distillation with merging, GRPO, auto labels from the model's own pass rates (the
+recipe's rule), fusion SFT (duomind.reasoner.dual); then answers held-out problems greedily in each mode. Goals (issue 11): auto accuracy >= 0.95 x slow, auto tokens <= 0.6 x slow, slow beats
 fast by >= 20 points at difficulty >= 3.
 
     python benchmarks/dual_mode.py [--quick] [--threads N]
@@ -11,6 +11,8 @@ fast by >= 20 points at difficulty >= 3.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 from _common import CACHE, figure, out_dir, parser, write
@@ -22,13 +24,16 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "defa
 
 def config(quick: bool, threads: int | None) -> DualConfig:
     recipe = load_mapping(RECIPE)
-    recipe.update(out_dir=str(CACHE / ("reasoner-dual-quick" if quick else "reasoner-dual")), threads=threads,
+    # a run directory per recipe version: a changed recipe never resumes (or relabels) another recipe's run
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]  # settings, not comments
+    recipe.update(out_dir=str(CACHE / ("reasoner-dual-quick" if quick else f"reasoner-{digest}")), threads=threads,
                   ship_to=None)
-    if quick:
+    if quick:  # Stage 2 only (tests/test_reasoner_dual.py runs the whole pipeline on a tiny model)
         recipe.update(tasks=["add"], difficulty=[1, 3], n=160, heldout_fraction=0.1, model_preset="tiny",
-                      vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4, label_pool=8,
-                      label_samples=2, max_new_tokens=32, eval_limit=8, gen_batch_size=16, firp_steps=3,
-                      firp_batch_size=4, speed_prompts=2, progress=False)
+                      vocab_size=300, seq_len=128, batch_size=8, pretrain_steps=0, sft_steps=6, teacher=None,
+                      distill=None, rl=None, fusion_steps=4, label_pool=8, label_samples=2, max_new_tokens=32,
+                      eval_limit=8, gen_batch_size=16, firp_steps=3, firp_batch_size=4, speed_prompts=2,
+                      progress=False)
     return from_dict(DualConfig, recipe, str(RECIPE))
 
 

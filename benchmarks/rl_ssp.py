@@ -37,6 +37,9 @@ def _digest() -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
+EVAL_POOL = 3000  # fresh problems screened for the medium-difficulty evaluation set (about 120 qualify)
+
+
 def build(quick: bool, threads: int | None) -> dict:
     """Policy checkpoint, RL prompts and the medium-difficulty evaluation set (cached)."""
     from duomind.tasks import generate, read_tasks, write_jsonl
@@ -61,19 +64,21 @@ def build(quick: bool, threads: int | None) -> dict:
     recipe.update(out_dir=str(root / "policy"), data=str(data / "sft.jsonl"), init_from=str(teacher),
                   threads=threads, progress=False)
     policy = train(from_dict(TrainConfig, recipe, "recipes/rl/bench-policy.yaml"))
-    if not (root / "eval.jsonl").is_file():
-        from duomind.distill.select import bin_of, difficulty
+    from duomind.distill.select import bin_of, difficulty
 
+    if not (root / "prompts.jsonl").is_file():
         # RL prompts: training problems the policy sometimes solves (never- and always-solved ones carry no
-        # signal, as in Stage 1a); evaluation: unseen problems of medium difficulty for this policy
+        # signal, as in Stage 1a)
         train_pool = [t for t in read_tasks(data / "tasks.jsonl") if t.difficulty <= 2][:480]
         passes = pass_counts(policy, train_pool)
         write_jsonl(root / "prompts.jsonl", [t for t, p in zip(train_pool, passes) if 0 < p < 8])
+    evals = root / f"eval-{EVAL_POOL}.jsonl"
+    if not evals.is_file():  # unseen problems of medium difficulty for this policy
         seen = {t.prompt for t in read_tasks(data / "tasks.jsonl")}
-        fresh = [t for t in generate(TASKS, n=900, seed=12345, difficulty=[1, 2]) if t.prompt not in seen][:720]
+        fresh = [t for t in generate(TASKS, n=EVAL_POOL, seed=12345, difficulty=[1, 2]) if t.prompt not in seen]
         passes = pass_counts(policy, fresh)
-        write_jsonl(root / "eval.jsonl", [t for t, p in zip(fresh, passes) if bin_of(difficulty(p, 8)) == "medium"])
-    return {"policy": policy, "prompts": root / "prompts.jsonl", "eval": root / "eval.jsonl"}
+        write_jsonl(evals, [t for t, p in zip(fresh, passes) if bin_of(difficulty(p, 8)) == "medium"])
+    return {"policy": policy, "prompts": root / "prompts.jsonl", "eval": evals}
 
 
 def pass_counts(policy: Path, tasks: list, samples: int = 8, seed: int = 0) -> list[int]:
@@ -100,13 +105,13 @@ def pass_counts(policy: Path, tasks: list, samples: int = 8, seed: int = 0) -> l
     return counts
 
 
-def config(paths: dict, s: int, out: Path, quick: bool, workers: int = 2):
+def config(paths: dict, s: int, out: Path, quick: bool, workers: int = 2, steps: int = 600):
     from duomind.rl.config import RLConfig
 
     return RLConfig(policy=str(paths["policy"]), prompts=str(paths["prompts"]), out_dir=str(out / f"s{s}"),
                     eval_data=str(paths["eval"]), eval_max=200, eval_mode="slow",
                     mode_mix=MODE_MIX, group_size=4 if quick else 8, batch_groups=2,
-                    max_steps=3 if quick else 150, staleness=s, lr=2e-5, scale_std=False, temperature=1.0,
+                    max_steps=3 if quick else steps, staleness=s, lr=2e-5, scale_std=False, temperature=1.0,
                     max_new_tokens=24 if quick else 96, rewards={"normalize": False}, workers=workers, worker_threads=1,
                     threads=1, save_every=1000, progress=not quick, seed=0)
 
@@ -122,6 +127,7 @@ def final_reward(history: list[dict]) -> tuple[float, float]:
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2, help="rollout workers (1 thread each)")
+    p.add_argument("--steps", type=int, default=600, help="learner steps per staleness bound (16 samples each)")
     args = p.parse_args()
     out = _common.out_dir(args)
     import tempfile
@@ -141,7 +147,7 @@ def main() -> None:
     runs = {}
     try:
         for s in STALENESS:
-            summary = RLRun(config(paths, s, work, args.quick, args.workers)).run()
+            summary = RLRun(config(paths, s, work, args.quick, args.workers, args.steps)).run()
             runs[s] = summary
             print(f"s={s}: {summary['samples_per_s']:.2f} samples/s, learner idle "
                   f"{summary['learner_idle_fraction']:.0%}, accuracy "
@@ -154,11 +160,13 @@ def main() -> None:
 
     eval_tasks = read_tasks(paths["eval"])
 
-    def sampled(ckpt) -> float:
-        return sum(pass_counts(ckpt, eval_tasks, seed=1000)) / (8 * len(eval_tasks))
-
-    sampled_before = sampled(paths["policy"])
-    sampled_after = {str(s): sampled(latest_checkpoint(work / f"s{s}")) for s in STALENESS}
+    counts_before = pass_counts(paths["policy"], eval_tasks, seed=1000)
+    counts_after = {str(s): pass_counts(latest_checkpoint(work / f"s{s}"), eval_tasks, seed=1000) for s in STALENESS}
+    sampled_before = sum(counts_before) / (8 * len(eval_tasks))
+    sampled_after = {s: sum(c) / (8 * len(eval_tasks)) for s, c in counts_after.items()}
+    # paired over problems: the spread of the per-problem change, not of two independent means
+    gain_se = {s: statistics.stdev([(a - b) / 8 for a, b in zip(c, counts_before)]) / len(eval_tasks) ** 0.5
+               if len(eval_tasks) > 1 else 0.0 for s, c in counts_after.items()}
 
     sync = runs[0]
     latencies = [x for r in runs.values() for x in r["group_seconds"]]
@@ -172,7 +180,7 @@ def main() -> None:
     greedy_before = sync["accuracy_before"]["accuracy"]
     greedy_after = {str(s): r["accuracy_after"]["accuracy"] for s, r in runs.items()}
     before, after = sampled_before, sampled_after
-    n_eval = sync["accuracy_before"]["n"]
+    n_eval = len(eval_tasks)
     ratio1 = runs[1]["samples_per_s"] / sync["samples_per_s"]
     ratio2 = runs[2]["samples_per_s"] / sync["samples_per_s"]
     rel = {str(s): abs(finals[str(s)][0] - finals["0"][0]) / max(abs(finals["0"][0]), 1e-9) for s in (1, 2)}
@@ -199,7 +207,9 @@ def main() -> None:
         "accuracy_after": after["1"],
         "accuracy_after_by_s": after,
         "accuracy_gain_points": 100 * (after["1"] - before),
-        "accuracy_stderr": (before * (1 - before) / max(8 * n_eval, 1)) ** 0.5,
+        "accuracy_gain_stderr": gain_se["1"],
+        "accuracy_gain_points_by_s": {s: 100 * (a - before) for s, a in after.items()},
+        "accuracy_gain_stderr_by_s": gain_se,
         "accuracy_definition": "mean correctness of 8 sampled slow-mode answers (T = 1, fresh seeds) per problem",
         "greedy_accuracy_before": greedy_before,
         "greedy_accuracy_after_by_s": greedy_after,
@@ -235,12 +245,12 @@ def _smooth(values: list[float], window: int = 10) -> list[float]:
 
 def plot(result: dict, path: Path) -> None:
     plt = _common.figure()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=120)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=120)
     for s, rows in result["curves"].items():
-        reward = _smooth([r["reward_mean"] for r in rows])
+        reward = _smooth([r["reward_mean"] for r in rows], max(10, len(rows) // 12))
         axes[0].plot([r["wall_s"] for r in rows], reward, label=f"s = {s}")
         axes[1].plot([r["samples"] for r in rows], reward, label=f"s = {s}")
-    axes[0].set(xlabel="wall time (s)", ylabel="training reward (MARS), mean of 10 steps", title="reward vs wall time")
+    axes[0].set(xlabel="wall time (s)", ylabel="training reward (MARS), running mean", title="reward vs wall time")
     axes[1].set(xlabel="samples", title="reward vs samples")
     keys = list(result["samples_per_s"])
     measured = [result["samples_per_s"][k] / result["samples_per_s"]["0"] for k in keys]
@@ -252,6 +262,13 @@ def plot(result: dict, path: Path) -> None:
     axes[2].axhline(1.5, ls="--", c="grey", lw=1)
     axes[2].set(xticks=list(x), xticklabels=[f"s = {k}" for k in keys], ylabel="samples/s / sync",
                 title="throughput vs synchronous")
+    if "accuracy_after_by_s" in result:  # sampled accuracy on the unseen medium problems, +- paired s.e. of the gain
+        after = result["accuracy_after_by_s"]
+        axes[3].bar([-1] + list(x), [result["accuracy_before"]] + [after[k] for k in keys], 0.6,
+                    yerr=[0] + [result["accuracy_gain_stderr_by_s"][k] for k in keys], capsize=3,
+                    color=["grey"] + ["tab:blue"] * len(keys), label="after RL (+- s.e. of the gain)")
+        axes[3].set(xticks=[-1] + list(x), xticklabels=["before"] + [f"s = {k}" for k in keys],
+                    ylabel="accuracy, 8 samples at T = 1", title=f"unseen medium problems (n = {result['setup']['eval'].split()[0]})")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

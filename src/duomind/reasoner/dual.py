@@ -153,7 +153,7 @@ def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, mode: 
 
     return train(TrainConfig(out_dir=str(out), mode=mode, data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
                              warmup_steps=min(30, steps // 10), seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
-                             micro_batch_size=cfg.batch_size, save_every=max(steps // 2, 1), log_every=20,
+                             micro_batch_size=cfg.batch_size, save_every=max(steps // 10, 1), log_every=20,
                              weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
 
 

@@ -108,3 +108,8 @@ def test_resume_equals_uninterrupted_with_mars_rewards(ray_session, setup):
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
     assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), moved.state_dict().values()))
+    # the same directory resumed from another starting policy would mix two runs: refused, naming both
+    from duomind.config import ConfigError
+
+    with pytest.raises(ConfigError, match="started from policy"):
+        train_rl(_cfg(root, latest_checkpoint(root / "whole"), "parts", staleness=0, max_steps=5, rewards=mars))

@@ -66,7 +66,8 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
     from duomind.train.checkpoint import latest_checkpoint, resolve_checkpoint
 
     record: dict[str, Any] = {}
-    model = start
+    # absolute paths: the distillation run records them and refuses a resume whose paths differ
+    out, data, model = out.resolve(), data.resolve(), Path(start).resolve()
     train_split = data / "train_tasks.jsonl"
     if (cfg.distill is not None or cfg.rl is not None) and not train_split.is_file():
         _write_train_split(data, train_split)
@@ -94,6 +95,9 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
                                     "eval_data": str(data / "heldout.jsonl"), "progress": cfg.progress}, "rl")
         done = rl_dir / "summary.json"
         summary = json.loads(done.read_text()) if done.is_file() else {}
+        source = json.loads((rl_dir / "source.json").read_text()) if (rl_dir / "source.json").is_file() else {}
+        if source.get("policy") not in (None, str(Path(model).resolve())):
+            summary = {}  # started from another model (a changed earlier step): RLRun refuses it with the fix
         if summary.get("steps") != rcfg.max_steps:  # a finished run is not re-entered (it would evaluate again)
             import ray
 

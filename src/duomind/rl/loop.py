@@ -173,8 +173,21 @@ class RLRun:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _resume(self) -> None:
-        from duomind.train.checkpoint import latest_checkpoint, load_training_state
+        from duomind.config import ConfigError
+        from duomind.train.checkpoint import atomic_write_text, latest_checkpoint, load_training_state
 
+        # what this run started from: resuming it from another policy or prompt set would mix two runs
+        source = {"policy": str(Path(self.learner.path).resolve()), "prompts": str(Path(self.cfg.prompts).resolve())}
+        saved = self.out / "source.json"
+        if saved.is_file():
+            before = json.loads(saved.read_text())
+            changed = [k for k in source if before.get(k) != source[k]]
+            if changed:
+                raise ConfigError(f"{self.out} holds an RL run started from {', '.join(f'{k} {before.get(k)}' for k in changed)}; "
+                                  f"this config gives {', '.join(source[k] for k in changed)}. Use a new out_dir "
+                                  "(or delete that one to start over).")
+        else:
+            atomic_write_text(saved, json.dumps(source, indent=1))
         path = latest_checkpoint(self.out)
         if path is None:
             return

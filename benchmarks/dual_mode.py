@@ -68,8 +68,9 @@ def label_sweep(cfg: DualConfig, report: dict, variants: list[tuple[str, float]]
     for rule, value in variants:
         knob = {"auto_rule": rule, **({"min_gain": value} if rule == "gain" else {"fast_threshold": value})}
         tag = f"gain{value}" if rule == "gain" else f"t{value}"
-        variant = dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-{tag}", init_from=report["dual_model"],
-                                      firp_steps=0, ship_to=None, **knob)
+        # from the recipe's labelling model itself: no pre-training, dual SFT or Stage-1 step runs again
+        variant = dataclasses.replace(cfg, out_dir=f"{cfg.out_dir}-{tag}", init_from=report["dual_model"], teacher=None,
+                                      distill=None, rl=None, firp_steps=0, ship_to=None, **knob)
         run = train_dual(variant)
         ev = run["eval"]
         name = variant.label_rule

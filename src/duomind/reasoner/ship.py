@@ -78,7 +78,8 @@ def model_card(model, report: dict[str, Any]) -> str:
     lines = [
         "# duomind-reasoner (embedded default model)",
         "",
-        "A dual-system reasoner in the Pangu Embedded style (arXiv 2505.22375, Stage 2): one model that answers",
+        "A dual-system reasoner in the Pangu Embedded style (arXiv 2505.22375, "
+        + ("Stages 1 and 2" if report.get("stage1") else "Stage 2") + "): one model that answers",
         "directly (`fast`), thinks first (`slow`), or decides with its first token (`auto`). It is tiny and trained",
         "only on DuoMind's synthetic verifiable tasks, on a 2-core CPU: it exists so that `make demo`, `duomind serve`",
         "and `duomind chat` work out of the box and so every technique has a real model to run on. It is not a",
@@ -143,10 +144,10 @@ def _steps(c: dict, stage1: dict) -> list[str]:
     if "distill" in stage1:
         d = stage1["distill"]
         steps.append(f"iterative distillation with merging, {len(d['accuracy_by_iteration']) - 1} iterations "
-                     f"(accuracy {acc(d['accuracy_by_iteration'])})")
+                     f"(held-out slow-mode accuracy {acc(d['accuracy_by_iteration'])})")
     if "rl" in stage1:
         r = stage1["rl"]
-        steps.append(f"GRPO {r['steps']} steps, staleness {r['staleness']} (accuracy "
+        steps.append(f"GRPO {r['steps']} steps, staleness {r['staleness']} (held-out slow-mode accuracy "
                      f"{acc([r['accuracy_before'], r['accuracy_after']])})")
     steps += ["auto labels", f"fusion SFT {c['fusion_steps']} steps (peak LR {c['fusion_lr']})"]
     if c.get("rl_steps"):

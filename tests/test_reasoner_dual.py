@@ -82,6 +82,15 @@ def test_stage1_settings_are_checked_before_any_training():
         DualConfig(teacher={"model_preset": "demo"}, distill={})
 
 
+def test_rl_step_without_ray_fails_at_load_naming_the_extra(monkeypatch):
+    import duomind.reasoner.stage1 as stage1
+
+    monkeypatch.setattr(stage1, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"duomind\[rl\]"):
+        DualConfig(rl={"max_steps": 3})
+    DualConfig(rl=None)  # without the RL step Ray is not needed
+
+
 def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_step(tmp_path):
     """Pre-training -> dual SFT -> teacher -> iterative distillation with merging -> GRPO on Ray -> labels ->
     fusion -> eval -> ship: each step starts from the one before, and a finished run re-runs nothing."""

@@ -17,6 +17,7 @@ The pipeline fills in the paths that connect the steps; a recipe that sets them 
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,10 @@ def check(teacher: Any, distill: dict | None, rl: dict | None) -> None:
         from_dict(DistillConfig, {**distill, "progress": False}, "distill")
     if rl is not None:
         from_dict(RLConfig, {**rl, "policy": "(stage 1)", "prompts": "(stage 1)", "progress": False}, "rl")
+        if find_spec("ray") is None:  # found now, not after hours of pre-training and distillation
+            from duomind.rl.workers import INSTALL_HINT
+
+            raise ConfigError(f"rl: {INSTALL_HINT} (or set `rl: null` to skip the RL step).")
     if isinstance(teacher, dict):
         unknown = sorted(set(teacher) - set(TEACHER_KEYS))
         if unknown:
@@ -99,8 +104,9 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
         if source.get("policy") not in (None, str(Path(model).resolve())):
             summary = {}  # started from another model (a changed earlier step): RLRun refuses it with the fix
         if summary.get("steps") != rcfg.max_steps:  # a finished run is not re-entered (it would evaluate again)
-            import ray
+            from duomind.rl.workers import require_ray
 
+            ray = require_ray()
             ours = not ray.is_initialized()
             try:
                 summary = train_rl(rcfg)

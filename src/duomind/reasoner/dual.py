@@ -202,12 +202,12 @@ def train_dual(cfg: DualConfig) -> dict:
         dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, **start)
     from duomind.reasoner.stage1 import run_stage1
 
-    dual, stage1 = run_stage1(cfg, out, data, dual, lambda *a, **k: _train(cfg, *a, **k))
+    held = {h.id for h in read_tasks(data / "heldout.jsonl")}  # once: inside the comprehension it re-read per task
+    train_tasks = [t for t in read_tasks(data / "tasks.jsonl") if t.id not in held]
+    dual, stage1 = run_stage1(cfg, out, data, dual, train_tasks, lambda *a, **k: _train(cfg, *a, **k))
     tok = load_tokenizer(dual)
 
     labels_path = out / "labels.jsonl"
-    train_tasks = [t for t in read_tasks(data / "tasks.jsonl")
-                   if t.id not in {h.id for h in read_tasks(data / "heldout.jsonl")}]
     pool = random.Random(cfg.seed).sample(train_tasks, min(cfg.label_pool, len(train_tasks)))
     rule = cfg.label_rule
     if not labels_path.is_file():

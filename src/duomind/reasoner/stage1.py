@@ -65,9 +65,10 @@ def check(teacher: Any, distill: dict | None, rl: dict | None) -> None:
         raise ConfigError(f"teacher must be a checkpoint path or a mapping, got {type(teacher).__name__}.")
 
 
-def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, dict]:
-    """Teacher, distillation and RL after the dual SFT model `start`; returns (the model Stage 2 starts from, a
-    record of each step for the report). `train(out, data, steps, lr, **start)` runs one SFT (dual._train)."""
+def run_stage1(cfg, out: Path, data: Path, start: Path, train_tasks: list, train) -> tuple[Path, dict]:
+    """Teacher, distillation and RL after the dual SFT model `start`, prompted with `train_tasks` (the training
+    split); returns (the model Stage 2 starts from, a record of each step for the report).
+    `train(out, data, steps, lr, **start)` runs one SFT (dual._train)."""
     from duomind.train.checkpoint import latest_checkpoint, resolve_checkpoint
 
     record: dict[str, Any] = {}
@@ -75,7 +76,9 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
     out, data, model = out.resolve(), data.resolve(), Path(start).resolve()
     train_split = data / "train_tasks.jsonl"
     if (cfg.distill is not None or cfg.rl is not None) and not train_split.is_file():
-        _write_train_split(data, train_split)
+        from duomind.tasks import write_jsonl
+
+        write_jsonl(train_split, train_tasks)  # Stage 1 never prompts with a held-out problem
     if cfg.distill is not None:
         teacher = _teacher(cfg, out, data, start, train)
         from duomind.distill.config import DistillConfig
@@ -101,7 +104,7 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
         done = rl_dir / "summary.json"
         summary = json.loads(done.read_text()) if done.is_file() else {}
         source = json.loads((rl_dir / "source.json").read_text()) if (rl_dir / "source.json").is_file() else {}
-        if source.get("policy") not in (None, str(Path(model).resolve())):
+        if source.get("policy") not in (None, str(model)):
             summary = {}  # started from another model (a changed earlier step): RLRun refuses it with the fix
         if summary.get("steps") != rcfg.max_steps:  # a finished run is not re-entered (it would evaluate again)
             from duomind.rl.workers import require_ray
@@ -118,14 +121,6 @@ def run_stage1(cfg, out: Path, data: Path, start: Path, train) -> tuple[Path, di
                         "accuracy_before": (summary.get("accuracy_before") or {}).get("accuracy"),
                         "accuracy_after": (summary.get("accuracy_after") or {}).get("accuracy")}
     return model, record
-
-
-def _write_train_split(data: Path, path: Path) -> None:
-    """The training problems (tasks.jsonl minus the held-back ones): Stage 1 prompts never see held-out problems."""
-    from duomind.tasks import read_tasks, write_jsonl
-
-    held = {t.id for t in read_tasks(data / "heldout.jsonl")}
-    write_jsonl(path, [t.to_dict() for t in read_tasks(data / "tasks.jsonl") if t.id not in held])
 
 
 def _teacher(cfg, out: Path, data: Path, start: Path, train) -> Path:

@@ -8,6 +8,7 @@ gradient. Checkpoints are atomic and complete; an interrupted run resumes exactl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -170,6 +171,10 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"global_batch_size={cfg.global_batch_size} must be a multiple of micro_batch_size x "
                          f"processes = {cfg.micro_batch_size} x {world}.")
     out = Path(cfg.out_dir)
+    end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
+    finished = latest_checkpoint(out)
+    if finished is not None and json.loads((finished / "trainer_state.json").read_text())["step"] >= end:
+        return out / f"step-{end:06d}"  # a pipeline re-entering a finished run: no data to tokenize, no model to build
     tok_dir = cfg.tokenizer or (resolve_checkpoint(cfg.init_from) if cfg.init_from else None)
     if not tok_dir:
         raise ValueError("no tokenizer: set `tokenizer: DIR` (train one with `duomind tokenizer train`) "
@@ -203,7 +208,6 @@ def train(cfg: TrainConfig) -> Path:
         return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     order = BatchOrder(len(ex), cfg.global_batch_size, cfg.seed)
-    end = min(cfg.max_steps, cfg.stop_at or cfg.max_steps)
     per_rank = cfg.global_batch_size // world
     params = [p for p in model.parameters() if p.requires_grad]
     meter = LoadMeter(model)  # empty (falsy) for dense models

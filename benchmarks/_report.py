@@ -65,6 +65,8 @@ CLAIMS: list[tuple[str, str, str, float | bool | None, str]] = [
      "small VLM: all images minus last image only, the worse of temporal and comparison"),
     ("prune", "pangu_light_beats_minitron_and_shortgpt", "==", True,
      "pruning to 50% params: pangu-light held-out loss after equal KD recovery below minitron and shortgpt"),
+    ("prune", "pangu_light_beats_minitron_and_shortgpt_300_steps", "==", True,
+     "the same after 300 KD steps (pre-norm bench-base, a second build)"),
     ("prune", "speedup_decode_pangu_light", ">=", 1.6, "decode tokens/s, pangu-light 50% model / original, batch 1"),
     ("prune", "min_speedup_decode", "", None, "decode speedup at 50% params, slowest of the five methods"),
     ("prune", "dssn_pangu_light_beats_minitron_and_shortgpt", "", None,

@@ -3,10 +3,13 @@
 On the bench-base model and a DSSN variant of it (same recipe, norm_style dssn, shorter schedule): prune every
 method to <= 50% of the parameters from one importance measurement, then recover each with the same KD budget
 from the unpruned model through the trainer. Reports held-out loss and task accuracy right after pruning and
-after recovery (with the recovery curves) and decode tokens/s of every pruned model vs its original
-(duomind.generate, batch 1, alternating rounds).
+after recovery (with the recovery curves), decode tokens/s of every pruned model vs its original
+(duomind.generate, batch 1, alternating rounds), and SLNP's gain factor beside the one that would restore the
+kept channels' outputs (`norm_scale`).
 
     python benchmarks/prune.py --threads 1 --stage recover --models dssn    # prune + KD (train lane), resumable
+    python benchmarks/prune.py --threads 1 --stage recover --methods minitron,shortgpt &   # the same, split over
+    python benchmarks/prune.py --threads 1 --stage recover --methods minitron+clap,minitron+slnp,pangu-light  # cores
     python benchmarks/prune.py --threads 1 --stage evaluate --models dssn   # + loss, accuracy, decode timing
     python benchmarks/prune.py --threads 1                                  # all of it, reusing what is cached
     python benchmarks/prune.py --quick                       # seconds, temp dir
@@ -141,6 +144,47 @@ def accuracy(model, tokenizer, tasks) -> float:
     return correct / max(len(tasks), 1)
 
 
+def norm_scale(model, importance, batches, target: float) -> dict:
+    """What SLNP does to each pre-norm gain vs what would restore the kept channels' outputs.
+
+    After hidden pruning an RMSNorm divides by the RMS of the kept channels only; they are the large ones, so
+    every kept output shrinks by rms(x) / rms(x_kept). The factor that undoes it, mean over calibration tokens
+    of rms(x_kept) / rms(x) (measured on the unpruned model), is set beside SLNP's ||gain|| / ||gain_kept||.
+    """
+    import torch
+
+    from duomind.prune.pipeline import plan
+    from duomind.prune.plan import Targets
+    from duomind.prune.select import choose
+
+    cfg = model.model_config
+    keep = torch.tensor(choose(cfg, plan(cfg, "pangu-light", Targets(target_params=target)), importance,
+                               clap=True).hidden)
+    norms = {f"layers.{i}.{n}": getattr(layer, n) for i, layer in enumerate(model.layers)
+             for n in ("attn_norm", "mlp_norm")} | {"norm": model.norm}
+    ratios: dict[str, list] = {name: [] for name in norms}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].double().flatten(0, -2)
+            ratios[name].append((x[:, keep].pow(2).mean(-1) / x.pow(2).mean(-1)).sqrt())
+        return record
+
+    handles = [norm.register_forward_pre_hook(hook(name)) for name, norm in norms.items()]
+    try:
+        with torch.no_grad():
+            model(batches)
+    finally:
+        for h in handles:
+            h.remove()
+    gains = {name: norm.weight.detach().float() for name, norm in norms.items()}
+    rows = {name: {"slnp": float(g.norm() / g[keep].norm()), "restoring": float(torch.cat(ratios[name]).mean())}
+            for name, g in gains.items()}
+    return {"hidden_kept": len(keep), "hidden": cfg.hidden_size, "per_norm": rows,
+            "slnp_mean": statistics.fmean(r["slnp"] for r in rows.values()),
+            "restoring_mean": statistics.fmean(r["restoring"] for r in rows.values())}
+
+
 def decode_speed(original, pruned, prompt: list[int], tokens: int, rounds: int) -> dict:
     """Seconds per token of both models, alternating who goes first each round; medians and the ratio."""
     from duomind.generate import generate
@@ -176,7 +220,7 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
     seq = 64 if args.quick else 256
     importance = batches = None
     rows: dict[str, dict] = {}
-    for method in METHOD_ORDER:
+    for method in args.methods:
         pruned_dir, kd_dir = work / name / method / "pruned", work / name / method / "kd"
         if not (pruned_dir / "COMPLETE").is_file():
             if importance is None:
@@ -188,7 +232,7 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
             tokenizer.save_pretrained(pruned_dir)
             (pruned_dir / "prune.json").write_text(json.dumps(info | {"source": str(src)}, indent=1))
             seal(pruned_dir, {"pruned_from": str(src)})
-    for method in METHOD_ORDER:  # all pruned first: an interrupted run resumes without re-measuring importance
+    for method in args.methods:  # all pruned first: an interrupted run resumes without re-measuring importance
         pruned_dir, kd_dir = work / name / method / "pruned", work / name / method / "kd"
         final = kd_dir / f"step-{args.steps:06d}"
         if not (final / "COMPLETE").is_file():  # a finished run is reused, not reloaded through the trainer
@@ -214,6 +258,12 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
     out = {"source": str(src), "snapshot": json.loads(snapshot.read_text()) if snapshot.is_file() else None,
            "original": {"heldout_loss": base_loss, "accuracy": base_acc, "parameters": cfg.num_parameters(),
                         "shape": _shape(cfg)}, "methods": {}}
+    if importance is None:
+        batches = calibration_batches(tokenizer, None, args.calibration_samples, seq)
+        importance = measure(teacher, batches, loss_delta=True)
+    out["norm_scale"] = norm_scale(teacher, importance, batches, args.target)
+    print(f"[{name}] SLNP scales the pre-norm gains by {out['norm_scale']['slnp_mean']:.3f} (mean); restoring the "
+          f"kept channels' outputs takes {out['norm_scale']['restoring_mean']:.3f}", flush=True)
     for method, row in rows.items():
         before, after = load_model(row["pruned"]), load_model(row["recovered"])
         curve = [(0, None)] + [(r["step"], r["eval_loss"]) for r in _metrics(row["kd"]) if "eval_loss" in r]
@@ -267,7 +317,16 @@ def main() -> None:
                    help="cache of pruned and recovered models (default: .duomind_cache/prune-bench-<budget>, one per "
                         "target, steps, batch and lr)")
     p.add_argument("--models", default="pre,dssn", help="comma list of pre (bench-base) and dssn (its DSSN variant)")
+    p.add_argument("--methods", default=",".join(METHOD_ORDER),
+                   help="comma list of methods to prune and recover (--stage recover only: run disjoint lists in "
+                        "parallel processes, one thread each; evaluation needs all of them)")
     args = p.parse_args()
+    chosen = {m for m in args.methods.split(",") if m}
+    if chosen - set(METHOD_ORDER):
+        p.error(f"unknown method(s) {sorted(chosen - set(METHOD_ORDER))}; choose from {METHOD_ORDER}")
+    args.methods = [m for m in METHOD_ORDER if m in chosen]
+    if args.stage != "recover" and args.methods != METHOD_ORDER:
+        p.error("--methods selects a subset for --stage recover only; evaluation compares all five methods")
     if args.quick:
         args.steps, args.batch, args.calibration_samples, args.eval_windows = 2, 4, 4, 4
         args.decode_tokens, args.rounds, args.target = 8, 2, 0.7  # the tiny model is mostly embeddings
@@ -306,6 +365,9 @@ def main() -> None:
         "speedup_decode": {m: r["decode"]["speedup"] for m, r in methods.items()},
         "param_fraction": {m: r["param_fraction"] for m, r in methods.items()},
     }
+    # SLNP's gain factor beside the one that restores the kept channels' outputs (see norm_scale)
+    result["norm_scale"] = {name: {k: r["norm_scale"][k] for k in ("slnp_mean", "restoring_mean")}
+                            for name, r in results.items() if "norm_scale" in r}
     pl = methods["pangu-light"]["loss_after_recovery"]
     result["pangu_light_beats_minitron_and_shortgpt"] = (pl < methods["minitron"]["loss_after_recovery"]
                                                          and pl < methods["shortgpt"]["loss_after_recovery"])

@@ -31,7 +31,7 @@ KEYS = {
     "medical": ["accuracy_by_ability", "single_image_accuracy_by_ability", "negative_accuracy", "mean_closed_accuracy",
                 "multi_minus_single_by_ability", "min_margin_temporal_comparison", "goals", "setup"],
     "prune": ["loss_after_recovery", "speedup_decode", "pangu_light_beats_minitron_and_shortgpt", "models",
-              "dssn_loss_after_recovery"],
+              "dssn_loss_after_recovery", "norm_scale"],
     "dual_mode": ["accuracy", "tokens", "accuracy_by_difficulty", "tokens_by_difficulty", "auto_accuracy_over_slow",
                   "auto_tokens_over_slow", "slow_minus_fast_hard", "auto_labels", "router_bounds", "label_sweep",
                   "goals_met"],
@@ -101,6 +101,9 @@ def test_quick_benchmark_writes_results(name, tmp_path):
         assert set(result["loss_after_recovery"]) == set(result["speedup_decode"]) == methods
         assert result["models"]["dssn"]["methods"]["pangu-light"]["shape"]["norm_style"] == "pre"  # post-norms absorbed
         assert all(r["param_fraction"] <= result["setup"]["target_params"] for r in result["models"]["pre"]["methods"].values())
+        # a subset of a gain vector never has a larger norm, so SLNP only scales gains up
+        assert set(result["norm_scale"]) == {"pre", "dssn"}
+        assert all(v["slnp_mean"] >= 1.0 and v["restoring_mean"] > 0 for v in result["norm_scale"].values())
     if name == "serve":
         assert set(result["levels"]) == {"1", "4", "16"} and all(v > 0 for v in result["tokens_per_s"].values())
         assert all(lv["tokens_per_request"] == result["setup"]["new_tokens"] for lv in result["levels"].values())

@@ -146,3 +146,14 @@ def test_base_model_is_built_once_and_cached(tmp_path, monkeypatch):
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
     assert second.stdout.split()[-2] == path  # the same checkpoint, not retrained
     assert (pathlib.Path(path) / "model.safetensors").stat().st_mtime_ns == weights
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "minitron,magic"], "unknown method(s) ['magic']"),
+    (["--methods", "minitron"], "--methods selects a subset for --stage recover only"),
+])
+def test_prune_benchmark_refuses_bad_method_lists_before_any_work(tmp_path, argv, message):
+    run = subprocess.run([sys.executable, str(BENCH / "prune.py"), "--quick", "--out", str(tmp_path), *argv],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 2 and message in run.stderr
+    assert not any(tmp_path.iterdir())  # refused before writing anything

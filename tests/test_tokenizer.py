@@ -35,6 +35,18 @@ def test_save_load_round_trip(tiny_tokenizer, tmp_path):
     assert again.chat_template == tiny_tokenizer.chat_template
 
 
+def test_a_run_directory_loads_its_latest_checkpoints_tokenizer(tiny_tokenizer, tmp_path):
+    from duomind.train.checkpoint import seal
+
+    step = tmp_path / "run" / "step-000002"
+    step.mkdir(parents=True)
+    tiny_tokenizer.save_pretrained(step)
+    (step / "config.json").write_text("{}")
+    seal(step, {})
+    (tmp_path / "run" / "latest").write_text("step-000002")
+    assert load_tokenizer(tmp_path / "run").encode("Q: 3 + 4?") == tiny_tokenizer.encode("Q: 3 + 4?")
+
+
 def test_errors(tmp_path, tiny_tokenizer):
     with pytest.raises(FileNotFoundError, match="duomind tokenizer train"):
         load_tokenizer(tmp_path)

@@ -72,10 +72,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
 
 
 def load_tokenizer(path: str | Path):
-    """Load a tokenizer from a local directory (DuoMind's or any Hugging Face one); never downloads."""
+    """Load a tokenizer from a local directory (DuoMind's or any Hugging Face one, or a training run's directory:
+    its latest checkpoint's, as load_model reads it); never downloads."""
     from transformers import AutoTokenizer
 
     path = Path(path)
+    if not (path / "tokenizer.json").is_file() and (path / "latest").is_file():
+        from duomind.train.checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"no tokenizer in {str(path)!r} (expected tokenizer.json); train one with "
                                 "`duomind tokenizer train CORPUS.txt --out DIR`.")

@@ -17,6 +17,7 @@ kept channels' outputs (`norm_scale`).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -218,14 +219,17 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
     data_dir = _common.CACHE / ("bench-base-quick" if args.quick else "bench-base") / "data"
     text, tasks = heldout(data_dir, work, args.quick)
     seq = 64 if args.quick else 256
-    importance = batches = None
+
+    @functools.cache
+    def calibration() -> tuple:  # measured once per process, and only when pruning or norm_scale needs it
+        batches = calibration_batches(tokenizer, None, args.calibration_samples, seq)
+        return batches, measure(teacher, batches, loss_delta=True)
+
     rows: dict[str, dict] = {}
     for method in args.methods:
         pruned_dir, kd_dir = work / name / method / "pruned", work / name / method / "kd"
         if not (pruned_dir / "COMPLETE").is_file():
-            if importance is None:
-                batches = calibration_batches(tokenizer, None, args.calibration_samples, seq)
-                importance = measure(teacher, batches, loss_delta=True)
+            batches, importance = calibration()
             model, info = prune_model(teacher, method, plan(cfg, method, Targets(target_params=args.target)), batches,
                                       importance=importance)
             model.save_pretrained(pruned_dir)
@@ -258,9 +262,7 @@ def run_model(name: str, src: Path, work: Path, args, recover_only: bool) -> dic
     out = {"source": str(src), "snapshot": json.loads(snapshot.read_text()) if snapshot.is_file() else None,
            "original": {"heldout_loss": base_loss, "accuracy": base_acc, "parameters": cfg.num_parameters(),
                         "shape": _shape(cfg)}, "methods": {}}
-    if importance is None:
-        batches = calibration_batches(tokenizer, None, args.calibration_samples, seq)
-        importance = measure(teacher, batches, loss_delta=True)
+    batches, importance = calibration()
     out["norm_scale"] = norm_scale(teacher, importance, batches, args.target)
     print(f"[{name}] SLNP scales the pre-norm gains by {out['norm_scale']['slnp_mean']:.3f} (mean); restoring the "
           f"kept channels' outputs takes {out['norm_scale']['restoring_mean']:.3f}", flush=True)

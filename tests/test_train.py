@@ -82,6 +82,27 @@ def test_sft_warns_when_chats_are_cut(tiny_tokenizer, sft_file):
     assert max(len(x) for x in ex.inputs) == 8
 
 
+def test_best_fit_packing_keeps_every_document_whole(tiny_tokenizer, corpus_file):
+    records = read_records(corpus_file)
+    eos = tiny_tokenizer.eos_token_id
+    docs = [ids + [eos] for ids in tiny_tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]]
+    seq_len = 3 * max(map(len, docs))
+
+    def whole(windows):  # documents found contiguous inside a single window
+        joined = ["," + ",".join(map(str, w)) + "," for w in windows]
+        return sum(any("," + ",".join(map(str, d)) + "," in j for j in joined) for d in docs)
+
+    concat = build_examples(tiny_tokenizer, records, "pretrain", seq_len).inputs
+    packed = build_examples(tiny_tokenizer, records, "pretrain", seq_len, packing="best_fit")
+    assert packed.inputs == packed.labels and max(map(len, packed.inputs)) <= seq_len
+    assert sorted(t for w in packed.inputs for t in w) == sorted(t for d in docs for t in d)  # nothing lost or doubled
+    assert whole(packed.inputs) == len(docs) > whole(concat)  # concat splits the documents that cross an edge
+    assert sum(map(len, packed.inputs)) / (seq_len * len(packed)) > 0.9  # short windows stay rare
+    # documents longer than a window are cut into window-sized pieces, every token kept
+    cut = build_examples(tiny_tokenizer, records[:20], "pretrain", 8, packing="best_fit").inputs
+    assert max(map(len, cut)) == 8 and sorted(t for w in cut for t in w) == sorted(t for d in docs[:20] for t in d)
+
+
 def test_sft_trains_only_on_assistant_tokens(tiny_tokenizer, sft_file):
     ex = build_examples(tiny_tokenizer, read_records(sft_file), "sft", 64)
     ids, labels = ex.inputs[0], ex.labels[0]
@@ -168,6 +189,8 @@ def test_bad_data_and_config_errors(tmp_path, tiny_tokenizer_dir):
         TrainConfig(mode="kd")
     with pytest.raises(ConfigError, match="multiple of"):
         TrainConfig(global_batch_size=10, micro_batch_size=4)
+    with pytest.raises(ConfigError, match="packing='bestfit' is not one of"):
+        TrainConfig(packing="bestfit")
 
 
 def test_cli_train_with_recipe_and_unknown_key(tmp_path, tiny_tokenizer_dir, corpus_file):

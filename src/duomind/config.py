@@ -325,6 +325,7 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
 
 TRAIN_MODES = ("pretrain", "sft", "kd")
 PRECISIONS = ("auto", "fp32", "bf16-mixed")
+PACKINGS = ("concat", "best_fit")  # pre-training windows: duomind.train.data.build_examples
 
 
 @dataclass
@@ -346,6 +347,9 @@ class TrainConfig:
         kd_temperature: Softmax temperature of the distillation loss.
         kd_alpha: Weight of the KL term; (1 - kd_alpha) weights the usual cross-entropy.
         seq_len: Tokens per training sequence (longer examples are truncated).
+        packing: How plain text fills seq_len windows: "concat" (the document stream cut into full windows;
+            documents that cross an edge are split) or "best_fit" (whole documents, best-fit decreasing; windows
+            right-padded). SFT/KD chats are one per sequence either way.
         global_batch_size: Sequences per optimizer step, over all processes.
         micro_batch_size: Sequences per forward pass per process (gradient accumulation fills the rest).
         max_steps: Optimizer steps of the whole run (the LR schedule spans them).
@@ -380,6 +384,7 @@ class TrainConfig:
     kd_temperature: float = 1.0
     kd_alpha: float = 1.0
     seq_len: int = 256
+    packing: str = "concat"
     global_batch_size: int = 16
     micro_batch_size: int = 16
     max_steps: int = 500
@@ -406,6 +411,8 @@ class TrainConfig:
             raise ConfigError(f"mode={self.mode!r} is not one of {list(TRAIN_MODES)}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r} is not one of {list(PRECISIONS)}.")
+        if self.packing not in PACKINGS:
+            raise ConfigError(f"packing={self.packing!r} is not one of {list(PACKINGS)}.")
         if self.mode == "kd" and not self.teacher:
             raise ConfigError("mode='kd' needs a teacher checkpoint: set teacher: path/to/checkpoint.")
         for name in ("seq_len", "global_batch_size", "micro_batch_size", "max_steps", "save_every", "keep_last"):

@@ -48,6 +48,8 @@ class DualConfig:
         batch_size: Sequences per training step.
         pretrain_steps: Next-token pre-training steps of a fresh model on the task corpus before the dual SFT.
         pretrain_lr: Peak learning rate of the pre-training.
+        pretrain_packing: How the corpus fills pre-training windows (TrainConfig.packing): "best_fit" keeps every
+            document whole, "concat" splits those that cross a window edge.
         sft_steps: Steps of the dual (fast + slow) SFT.
         sft_lr: Peak learning rate of the dual SFT.
         teacher: Distillation teacher: a checkpoint path (DuoMind or local Hugging Face), or a mapping
@@ -93,6 +95,7 @@ class DualConfig:
     batch_size: int = 32
     pretrain_steps: int = 0
     pretrain_lr: float = 3e-3
+    pretrain_packing: str = "concat"
     sft_steps: int = 3000
     sft_lr: float = 2e-3
     teacher: str | dict[str, Any] | None = None
@@ -154,7 +157,8 @@ def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, mode: 
     return train(TrainConfig(out_dir=str(out), mode=mode, data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
                              warmup_steps=min(30, steps // 10), seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
                              micro_batch_size=cfg.batch_size, save_every=max(steps // 10, 1), log_every=20,
-                             weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
+                             weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress,
+                             packing=cfg.pretrain_packing if mode == "pretrain" else "concat", **start))
 
 
 def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from duomind.config import PACKINGS
 from duomind.tokenizer import chat_prompt
 
 IGNORE = -100
@@ -69,20 +70,49 @@ class Examples:
         return len(self.inputs)
 
 
-def build_examples(tok, records: list[dict], mode: str, seq_len: int) -> Examples:
+def best_fit_windows(docs: list[list[int]], seq_len: int) -> list[list[int]]:
+    """Best-fit decreasing packing (Ding et al., "Fewer Truncations Improve Language Modeling", arXiv 2404.10830).
+
+    Every document lands whole in one window (only those longer than seq_len are cut, into seq_len pieces),
+    so no window starts in the middle of a document whose beginning the model cannot see. Longest first,
+    each into the fullest window it still fits; windows are left short rather than split a document.
+    """
+    pieces = [d[i:i + seq_len] for d in docs for i in range(0, len(d), seq_len)]
+    windows: list[list[int]] = []
+    by_room: list[list[int]] = [[] for _ in range(seq_len + 1)]  # free room -> indices of windows with that room
+    for piece in sorted(pieces, key=len, reverse=True):
+        room = next((r for r in range(len(piece), seq_len + 1) if by_room[r]), None)
+        if room is None:
+            windows.append([])
+            w = len(windows) - 1
+        else:
+            w = by_room[room].pop()
+        windows[w].extend(piece)
+        by_room[seq_len - len(windows[w])].append(w)
+    return windows
+
+
+def build_examples(tok, records: list[dict], mode: str, seq_len: int, packing: str = "concat") -> Examples:
     """Turn records into examples. Pre-training packs all text into seq_len windows; SFT/KD keep one chat each.
-    KD on plain text (no chat records) packs windows like pre-training, with the KL on every token."""
+    KD on plain text (no chat records) packs windows like pre-training, with the KL on every token.
+
+    `packing`: "concat" cuts the stream of documents into full windows (every token used; documents that cross a
+    window edge are split), "best_fit" places whole documents (`best_fit_windows`; windows right-padded).
+    """
+    if packing not in PACKINGS:
+        raise DataError(f"packing={packing!r} is not one of {', '.join(PACKINGS)}.")
     if mode == "pretrain" or (mode == "kd" and not any("messages" in r for r in records)):
         eos = tok.eos_token_id
-        stream: list[int] = []
         texts = [r["text"] if "text" in r else tok.apply_chat_template(r["messages"], tokenize=False) for r in records]
-        for ids in tok(texts, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
-            stream.append(eos)
-        windows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+        docs = [ids + [eos] for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        if packing == "best_fit":
+            windows = best_fit_windows(docs, seq_len)
+        else:
+            stream = [t for d in docs for t in d]
+            windows = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
         if not windows:
-            raise DataError(f"the data holds {len(stream)} tokens, fewer than one window of seq_len={seq_len}; "
-                            "add data or lower seq_len.")
+            raise DataError(f"the data holds {sum(map(len, docs))} tokens, fewer than one window of "
+                            f"seq_len={seq_len}; add data or lower seq_len.")
         return Examples(windows, windows)
     inputs, labels, cut, longest = [], [], 0, 0
     for rec in records:

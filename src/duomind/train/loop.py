@@ -181,8 +181,9 @@ def train(cfg: TrainConfig) -> Path:
                          "or `init_from` a checkpoint that has one.")
     tokenizer = load_tokenizer(tok_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ex = build_examples(tokenizer, read_records(cfg.data), cfg.mode, cfg.seq_len)
-    eval_ex = build_examples(tokenizer, read_records(cfg.eval_data), cfg.mode, cfg.seq_len) if cfg.eval_data else None
+    ex = build_examples(tokenizer, read_records(cfg.data), cfg.mode, cfg.seq_len, cfg.packing)
+    eval_ex = (build_examples(tokenizer, read_records(cfg.eval_data), cfg.mode, cfg.seq_len, cfg.packing)
+               if cfg.eval_data else None)
 
     model = build_model(cfg, tokenizer).to(device).train()
     teacher = None

@@ -65,6 +65,8 @@ def test_config_rejects_bad_threshold_and_odd_rl_groups():
         DualConfig(auto_rule="threshold")
     with pytest.raises(ConfigError, match="min_gain"):
         DualConfig(min_gain=0.0)
+    with pytest.raises(ConfigError, match="pretrain_packing='whole' is not one of concat, best_fit"):
+        DualConfig(pretrain_packing="whole")
 
 
 def test_stage1_settings_are_checked_before_any_training():

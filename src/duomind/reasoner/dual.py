@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duomind.config import ConfigError
+from duomind.config import PACKINGS, ConfigError
 
 EVAL_MODES = ("fast", "slow", "auto")
 AUTO_RULES = ("pass_rate", "gain")
@@ -128,6 +128,8 @@ class DualConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.fast_threshold <= 1.0:
             raise ConfigError(f"fast_threshold={self.fast_threshold} must lie in (0, 1]: it is a pass rate.")
+        if self.pretrain_packing not in PACKINGS:
+            raise ConfigError(f"pretrain_packing={self.pretrain_packing!r} is not one of {', '.join(PACKINGS)}.")
         if self.auto_rule not in AUTO_RULES:
             raise ConfigError(f"auto_rule={self.auto_rule!r} is not one of {', '.join(AUTO_RULES)}.")
         if not 0.0 < self.min_gain <= 1.0:

@@ -159,8 +159,7 @@ def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, mode: 
     return train(TrainConfig(out_dir=str(out), mode=mode, data=str(data), max_steps=steps, lr=lr, min_lr=lr / 10,
                              warmup_steps=min(30, steps // 10), seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
                              micro_batch_size=cfg.batch_size, save_every=max(steps // 10, 1), log_every=20,
-                             weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress,
-                             packing=cfg.pretrain_packing if mode == "pretrain" else "concat", **start))
+                             weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
 
 
 def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False) -> dict:
@@ -203,7 +202,7 @@ def train_dual(cfg: DualConfig) -> dict:
         start: dict[str, Any] = {"tokenizer": str(tok_dir), "model_preset": cfg.model_preset}
         if cfg.pretrain_steps:
             pre = _train(cfg, out / "pretrain", data / "corpus.txt", cfg.pretrain_steps, cfg.pretrain_lr, "pretrain",
-                         **start)
+                         packing=cfg.pretrain_packing, **start)
             start = {"init_from": str(pre)}
         dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, **start)
     from duomind.reasoner.stage1 import run_stage1

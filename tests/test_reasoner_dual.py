@@ -101,7 +101,7 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
 
     cfg = DualConfig(out_dir=str(tmp_path / "run"), tasks=["add"], difficulty=[1, 2], n=120, heldout_fraction=0.1,
                      model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, pretrain_steps=3, sft_steps=4,
-                     teacher={"model_preset": "tiny", "model": {"num_hidden_layers": 3}, "steps": 4},
+                     pretrain_work_lines=True, teacher={"model_preset": "tiny", "model": {"num_hidden_layers": 3}, "steps": 4},
                      distill={"iterations": 1, "prompts_per_iteration": 8, "teacher_samples": 2, "student_samples": 2,
                               "max_new_tokens": 24, "select_size": 4, "selection": "random", "merge_checkpoints": 2,
                               "sft": {"max_steps": 2, "save_every": 1, "seq_len": 128, "global_batch_size": 4,
@@ -117,11 +117,15 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
 
     assert yaml.safe_load((run / "sft" / "train_config.yaml").read_text())["init_from"] == str(
         resolve_checkpoint(run / "pretrain"))
-    assert yaml.safe_load((run / "pretrain" / "train_config.yaml").read_text())["mode"] == "pretrain"
+    pre = yaml.safe_load((run / "pretrain" / "train_config.yaml").read_text())
+    assert pre["mode"] == "pretrain" and pre["data"] == str(run / "data" / "corpus-lines.txt")
+    lines, inline = (run / "data" / "corpus-lines.txt").read_text(), (run / "data" / "corpus.txt").read_text()
+    assert "\nWork:\n" in lines and "\nWork:" not in lines.replace("\nWork:\n", "")  # every working on its own lines
+    assert lines.replace("\n", " ").split() != inline.replace("\n", " ").split()
     assert (run / "teacher" / "latest").is_file() and (run / "data" / "sft_slow.jsonl").is_file()
-    held = {json.loads(x)["id"] for x in (run / "data" / "heldout.jsonl").read_text().splitlines()}
+    held = {json.loads(x)["prompt"] for x in (run / "data" / "heldout.jsonl").read_text().splitlines()}
     split = [json.loads(x) for x in (run / "data" / "train_tasks.jsonl").read_text().splitlines()]
-    assert split and not held & {r["id"] for r in split}  # Stage 1 never prompts with a held-out problem
+    assert split and not held & {r["prompt"] for r in split}  # Stage 1 never prompts with a held-out problem
     distilled = json.loads((run / "distill" / "report.json").read_text())
     assert distilled["iterations"][0]["student"] == str(resolve_checkpoint(run / "sft"))
     rl_summary = json.loads((run / "rl" / "summary.json").read_text())
@@ -129,7 +133,7 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
     assert Path(report["dual_model"]).parent == run / "rl"  # labels and fusion start from the RL model
     assert report["stage1"]["distill"]["model"] == str(resolve_checkpoint(distilled["iterations"][-1]["student"]))
     card = (tmp_path / "asset" / "README.md").read_text()
-    for step in ("pre-training 3 steps", "dual SFT 4 steps", "iterative distillation with merging, 1 iterations",
+    for step in ("pre-training 3 steps on the task corpus (worked steps one a line)", "dual SFT 4 steps", "iterative distillation with merging, 1 iterations",
                  "GRPO 2 steps", "fusion SFT 2 steps"):
         assert step in card
     assert not __import__("ray").is_initialized()  # the pipeline's own Ray instance is shut down

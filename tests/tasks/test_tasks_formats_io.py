@@ -108,6 +108,10 @@ def test_pretrain_text_formats():
     assert pretrain_text(ADD, working=True) == (
         "Q: What is 27 + 6?\nWork: 7 + 6 = 13, carry 1, so far 3; 2 + 0 + 1 = 3, so far 33\nA: 33"
     )
+    assert pretrain_text(ADD, working=True, work_lines=True) == (
+        "Q: What is 27 + 6?\nWork:\n7 + 6 = 13, carry 1, so far 3\n2 + 0 + 1 = 3, so far 33\nA: 33"
+    )  # the think span's layout: one step a line
+    assert pretrain_text(ADD, work_lines=True) == pretrain_text(ADD)  # no working, nothing to lay out
     assert (
         pretrain_text(CODE) == "Q: In Python, write f(x) that returns x + 1.\nA: def f(x):\n    return x + 1"
     )
@@ -145,6 +149,14 @@ def test_corpus_mixes_tasks_and_holds_both_variants_of_every_record():
     ]
     assert len(set(first_tasks)) >= 3  # shuffled, not grouped by task
     assert corpus == corpus_text(records, seed=2)
+
+    def inline(doc: str) -> str:  # a line-laid-out working back to `Work: a; b`
+        q, work, rest = doc.partition("\nWork:\n")
+        steps, _, answer = rest.partition("\nA: ")
+        return f"{q}\nWork: {'; '.join(steps.split(chr(10)))}\nA: {answer}" if work else doc
+
+    lines = corpus_text(records, seed=2, work_lines=True).rstrip("\n").split("\n\n")
+    assert lines != docs and [inline(d) for d in lines] == docs  # the same documents in the same order
     chats = sft_records(records)
     assert [(c["id"], c["mode"]) for c in chats[:2]] == [(records[0].id, "fast"), (records[0].id, "slow")]
     assert len(chats) == 2 * len(records)

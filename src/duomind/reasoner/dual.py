@@ -50,6 +50,8 @@ class DualConfig:
         pretrain_lr: Peak learning rate of the pre-training.
         pretrain_packing: How the corpus fills pre-training windows (TrainConfig.packing): "best_fit" keeps every
             document whole, "concat" splits those that cross a window edge.
+        pretrain_work_lines: Pre-train on the corpus with its working one step a line, as the slow chats' think
+            span writes it (`data/corpus-lines.txt`); the tokenizer still learns from `corpus.txt`.
         sft_steps: Steps of the dual (fast + slow) SFT.
         sft_lr: Peak learning rate of the dual SFT.
         teacher: Distillation teacher: a checkpoint path (DuoMind or local Hugging Face), or a mapping
@@ -96,6 +98,7 @@ class DualConfig:
     pretrain_steps: int = 0
     pretrain_lr: float = 3e-3
     pretrain_packing: str = "concat"
+    pretrain_work_lines: bool = False
     sft_steps: int = 3000
     sft_lr: float = 2e-3
     teacher: str | dict[str, Any] | None = None
@@ -181,7 +184,7 @@ def train_dual(cfg: DualConfig) -> dict:
 
     from duomind.progress import progress_bar
     from duomind.reasoner.fusion import auto_label, fusion_records, gain_label, pass_rates
-    from duomind.tasks import read_tasks, write_jsonl
+    from duomind.tasks import corpus_text, read_tasks, write_jsonl
     from duomind.tasks.cli import make
     from duomind.tokenizer import load_tokenizer, train_cli
     from duomind.train.checkpoint import atomic_write_text, load_model, resolve_checkpoint
@@ -193,6 +196,9 @@ def train_dual(cfg: DualConfig) -> dict:
     if not (data / "sft.jsonl").is_file():
         make(out_dir=str(data), n=cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulty=cfg.difficulty,
              heldout_fraction=cfg.heldout_fraction)
+    # by prompt, as `make` splits: a repeated prompt's other records are held out too (the split de-duplicates)
+    held = {h.prompt for h in read_tasks(data / "heldout.jsonl")}
+    train_tasks = [t for t in read_tasks(data / "tasks.jsonl") if t.prompt not in held]
     if cfg.init_from:
         dual = resolve_checkpoint(cfg.init_from)
     else:
@@ -201,14 +207,17 @@ def train_dual(cfg: DualConfig) -> dict:
             train_cli(str(data / "corpus.txt"), out=str(tok_dir), vocab_size=cfg.vocab_size)
         start: dict[str, Any] = {"tokenizer": str(tok_dir), "model_preset": cfg.model_preset}
         if cfg.pretrain_steps:
-            pre = _train(cfg, out / "pretrain", data / "corpus.txt", cfg.pretrain_steps, cfg.pretrain_lr, "pretrain",
+            corpus = data / "corpus.txt"
+            if cfg.pretrain_work_lines:
+                corpus = data / "corpus-lines.txt"
+                if not corpus.is_file():
+                    atomic_write_text(corpus, corpus_text(train_tasks, cfg.seed, work_lines=True))
+            pre = _train(cfg, out / "pretrain", corpus, cfg.pretrain_steps, cfg.pretrain_lr, "pretrain",
                          packing=cfg.pretrain_packing, **start)
             start = {"init_from": str(pre)}
         dual = _train(cfg, out / "sft", data / "sft.jsonl", cfg.sft_steps, cfg.sft_lr, **start)
     from duomind.reasoner.stage1 import run_stage1
 
-    held = {h.id for h in read_tasks(data / "heldout.jsonl")}  # once: inside the comprehension it re-read per task
-    train_tasks = [t for t in read_tasks(data / "tasks.jsonl") if t.id not in held]
     dual, stage1 = run_stage1(cfg, out, data, dual, train_tasks, lambda *a, **k: _train(cfg, *a, **k))
     tok = load_tokenizer(dual)
 

@@ -138,7 +138,10 @@ def model_card(model, report: dict[str, Any]) -> str:
 def _steps(c: dict, stage1: dict) -> list[str]:
     """The recipe's steps in order, with the Stage-1 numbers measured on held-out problems (slow mode)."""
     acc = lambda xs: " -> ".join(_pct(x) for x in xs if x is not None)  # noqa: E731
-    steps = [f"pre-training {c['pretrain_steps']} steps"] if c.get("pretrain_steps") else []
+    steps = []
+    if c.get("pretrain_steps"):
+        lines = " (worked steps one a line)" if c.get("pretrain_work_lines") else ""
+        steps.append(f"pre-training {c['pretrain_steps']} steps on the task corpus{lines}")
     steps.append(f"dual SFT {c['sft_steps']} steps (batch {c['batch_size']}, sequence {c['seq_len']}, peak LR "
                  f"{c['sft_lr']})")
     if "distill" in stage1:

@@ -1,6 +1,7 @@
 """Text formats built from task records: pre-training text and fast/slow SFT chats.
 
-- pre-training: `Q: {prompt}\\nA: {answer}`, and with working `Q: {prompt}\\nWork: {steps; ...}\\nA: {answer}`.
+- pre-training: `Q: {prompt}\\nA: {answer}`, and with working `Q: {prompt}\\nWork: {steps; ...}\\nA: {answer}`
+  (or, `work_lines=True`, `Work:` followed by one step a line, the layout of the think span).
 - SFT fast: the assistant says the answer only.
 - SFT slow: `<think>\\n{one step a line}\\n</think>\\n\\n{answer}`.
 Code answers are wrapped in a ```python fence in chats.
@@ -20,16 +21,18 @@ MODES = ("fast", "slow")
 Record = Task | dict[str, Any]
 
 
-def pretrain_text(record: Record, working: bool = False) -> str:
-    """One pre-training document; `working=True` adds the worked steps."""
+def pretrain_text(record: Record, working: bool = False, work_lines: bool = False) -> str:
+    """One pre-training document; `working=True` adds the worked steps, `work_lines=True` one step a line."""
     t = as_task(record)
-    work = f"Work: {'; '.join(t.steps)}\n" if working else ""
+    work = ""
+    if working:
+        work = "Work:\n" + "".join(f"{s}\n" for s in t.steps) if work_lines else f"Work: {'; '.join(t.steps)}\n"
     return f"Q: {t.prompt}\n{work}A: {t.answer}"
 
 
-def corpus_text(records: Iterable[Record], seed: int = 0) -> str:
+def corpus_text(records: Iterable[Record], seed: int = 0, work_lines: bool = False) -> str:
     """Pre-training corpus: both variants of every record, shuffled so tasks mix, blank-line separated."""
-    docs = [pretrain_text(r, working) for r in records for working in (False, True)]
+    docs = [pretrain_text(r, working, work_lines) for r in records for working in (False, True)]
     random.Random(seed).shuffle(docs)
     return "\n\n".join(docs) + "\n"
 

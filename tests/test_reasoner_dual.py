@@ -69,6 +69,19 @@ def test_config_rejects_bad_threshold_and_odd_rl_groups():
         DualConfig(pretrain_packing="whole")
 
 
+def test_training_tasks_leave_out_every_record_of_a_held_out_prompt(tmp_path):
+    from duomind.reasoner.dual import training_tasks
+    from duomind.tasks import split_heldout, write_jsonl
+
+    records = generate("sequence", n=120, seed=0, difficulty=[1])  # few distinct prompts: many repeat
+    train, heldout = split_heldout(records, 0.1, seed=0)
+    write_jsonl(tmp_path / "tasks.jsonl", records)
+    write_jsonl(tmp_path / "heldout.jsonl", heldout)
+    held_ids = {h.id for h in heldout}
+    assert any(r.id not in held_ids and r.prompt in {h.prompt for h in heldout} for r in records)  # what ids miss
+    assert training_tasks(tmp_path) == train
+
+
 def test_stage1_settings_are_checked_before_any_training():
     with pytest.raises(ConfigError, match="needs a teacher"):
         DualConfig(distill={"iterations": 1})
@@ -101,7 +114,8 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
 
     cfg = DualConfig(out_dir=str(tmp_path / "run"), tasks=["add"], difficulty=[1, 2], n=120, heldout_fraction=0.1,
                      model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, pretrain_steps=3, sft_steps=4,
-                     pretrain_work_lines=True, teacher={"model_preset": "tiny", "model": {"num_hidden_layers": 3}, "steps": 4},
+                     pretrain_work_lines=True,
+                     teacher={"model_preset": "tiny", "model": {"num_hidden_layers": 3}, "steps": 4},
                      distill={"iterations": 1, "prompts_per_iteration": 8, "teacher_samples": 2, "student_samples": 2,
                               "max_new_tokens": 24, "select_size": 4, "selection": "random", "merge_checkpoints": 2,
                               "sft": {"max_steps": 2, "save_every": 1, "seq_len": 128, "global_batch_size": 4,
@@ -121,7 +135,7 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
     assert pre["mode"] == "pretrain" and pre["data"] == str(run / "data" / "corpus-lines.txt")
     lines, inline = (run / "data" / "corpus-lines.txt").read_text(), (run / "data" / "corpus.txt").read_text()
     assert "\nWork:\n" in lines and "\nWork:" not in lines.replace("\nWork:\n", "")  # every working on its own lines
-    assert lines.replace("\n", " ").split() != inline.replace("\n", " ").split()
+    assert len(lines.split("\n\n")) == len(inline.split("\n\n"))  # the same documents, laid out otherwise
     assert (run / "teacher" / "latest").is_file() and (run / "data" / "sft_slow.jsonl").is_file()
     held = {json.loads(x)["prompt"] for x in (run / "data" / "heldout.jsonl").read_text().splitlines()}
     split = [json.loads(x) for x in (run / "data" / "train_tasks.jsonl").read_text().splitlines()]
@@ -133,8 +147,8 @@ def test_whole_pipeline_pretrain_distill_rl_then_dual_and_the_card_names_every_s
     assert Path(report["dual_model"]).parent == run / "rl"  # labels and fusion start from the RL model
     assert report["stage1"]["distill"]["model"] == str(resolve_checkpoint(distilled["iterations"][-1]["student"]))
     card = (tmp_path / "asset" / "README.md").read_text()
-    for step in ("pre-training 3 steps on the task corpus (worked steps one a line)", "dual SFT 4 steps", "iterative distillation with merging, 1 iterations",
-                 "GRPO 2 steps", "fusion SFT 2 steps"):
+    for step in ("pre-training 3 steps on the task corpus (worked steps one a line)", "dual SFT 4 steps",
+                 "iterative distillation with merging, 1 iterations", "GRPO 2 steps", "fusion SFT 2 steps"):
         assert step in card
     assert not __import__("ray").is_initialized()  # the pipeline's own Ray instance is shut down
     before = (run / "report.json").stat().st_mtime_ns

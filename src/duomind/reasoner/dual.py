@@ -165,6 +165,17 @@ def _train(cfg: DualConfig, out: Path, data: Path, steps: int, lr: float, mode: 
                              weight_decay=0.0, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress, **start))
 
 
+def training_tasks(data: Path) -> list:
+    """The records of `data/tasks.jsonl` whose prompt is not held out: the problems every later step may train on.
+
+    By prompt, as `duomind data make` splits: `heldout.jsonl` keeps one record per held-out prompt, so a filter by id
+    would let the other records of a repeated prompt through."""
+    from duomind.tasks import read_tasks
+
+    held = {h.prompt for h in read_tasks(data / "heldout.jsonl")}
+    return [t for t in read_tasks(data / "tasks.jsonl") if t.prompt not in held]
+
+
 def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False) -> dict:
     """Greedy accuracy and response tokens per difficulty in fast, slow and auto mode; auto's thinking share."""
     from duomind.distill.loop import Verifier, evaluate
@@ -196,9 +207,7 @@ def train_dual(cfg: DualConfig) -> dict:
     if not (data / "sft.jsonl").is_file():
         make(out_dir=str(data), n=cfg.n, seed=cfg.seed, tasks=cfg.tasks, difficulty=cfg.difficulty,
              heldout_fraction=cfg.heldout_fraction)
-    # by prompt, as `make` splits: a repeated prompt's other records are held out too (the split de-duplicates)
-    held = {h.prompt for h in read_tasks(data / "heldout.jsonl")}
-    train_tasks = [t for t in read_tasks(data / "tasks.jsonl") if t.prompt not in held]
+    train_tasks = training_tasks(data)
     if cfg.init_from:
         dual = resolve_checkpoint(cfg.init_from)
     else:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from duomind.config import ConfigError, ModelConfig
+from duomind.config import ConfigError, ModelConfig, from_dict
 from duomind.model import DuoMind, KVCache
 
 VARIANTS = {
@@ -158,6 +158,18 @@ def test_unknown_field_suggests_the_right_name():
         ModelConfig.from_dict({"hiden_size": 64})
     with pytest.raises(ConfigError, match="known presets"):
         ModelConfig.from_preset("gigantic")
+
+
+def test_wrongly_typed_scalar_fields_are_refused():
+    from duomind.rl.config import RLConfig
+
+    with pytest.raises(ConfigError, match="'tie_word_embeddings' must be bool, got str 'false'; write true/false"):
+        ModelConfig.from_dict({"tie_word_embeddings": "false"})  # a quoted YAML boolean would read as true
+    with pytest.raises(ConfigError, match="'hidden_size' must be int, got bool"):
+        ModelConfig.from_dict({"hidden_size": True})
+    with pytest.raises(ConfigError, match="'scale_std' must be bool"):
+        from_dict(RLConfig, {"policy": "p", "prompts": "q", "scale_std": "no"}, "rl")
+    assert ModelConfig.from_dict({"rms_norm_eps": 1}).rms_norm_eps == 1  # an int is a fine float
 
 
 def test_config_json_with_unknown_field_is_refused(tmp_path):

@@ -13,6 +13,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+import types
+import typing
 from typing import Any, TypeVar
 
 import yaml
@@ -300,10 +302,31 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             close = difflib.get_close_matches(k, names, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"{where}: unknown field(s) {', '.join(hints)}. Known fields: {sorted(names)}.")
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        want = _scalar_types(hints[k])
+        if want is not None and (not isinstance(v, want) or isinstance(v, bool) and bool not in want):
+            names = " or ".join(sorted("null" if t is type(None) else t.__name__ for t in want))
+            raise ConfigError(f"{where}: field {k!r} must be {names}, got {type(v).__name__} {v!r}"
+                              + ("; write true/false unquoted." if bool in want else "."))
     try:
         return cls(**data)
-    except TypeError as err:  # wrong argument types surface here
+    except TypeError as err:  # missing fields surface here
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _scalar_types(hint: Any) -> tuple[type, ...] | None:
+    """The types a field of hint `hint` accepts when it is a plain scalar (bool, int, float, str, optionally None);
+    None for anything richer (lists, mappings, literals), which the dataclass checks itself.
+
+    Why: YAML `"false"` is a non-empty string, so an unchecked boolean field would read it as true."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(a in (bool, int, float, str, type(None)) for a in args):
+        return None
+    accepted = set(args)
+    if float in accepted:
+        accepted.add(int)  # 1 is a fine float
+    return tuple(accepted)
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:

@@ -74,6 +74,6 @@ def shipped_reasoner(tmp_path_factory):
                      model_preset="tiny", vocab_size=300, seq_len=128, batch_size=8, sft_steps=6, fusion_steps=4,
                      label_pool=6, label_samples=2, max_new_tokens=24, eval_limit=6, gen_batch_size=16,
                      rl_steps=2, rl_prompts=2, rl_group=2, firp_steps=3, firp_batch_size=4, speed_prompts=2,
-                     ship_to=str(root / "asset"), threads=1,
+                     auto_keep=0.9, router_problems=6, ship_to=str(root / "asset"), threads=1,
                      progress=False)
     return cfg, train_dual(cfg), root / "asset"

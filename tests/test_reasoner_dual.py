@@ -56,6 +56,46 @@ def test_adaptive_reward_prefers_fast_only_when_it_is_right():
         adaptive_reward(True, False, 1.2)
 
 
+def test_calibrate_thinks_least_while_keeping_the_share_of_slow_accuracy():
+    from duomind.reasoner.router import calibrate
+
+    p, fast, slow = [0.9, 0.8, 0.3, 0.1], [0, 0, 1, 0], [1, 1, 1, 0]
+    tokens = ([2, 2, 2, 2], [10, 10, 10, 10])
+    full = calibrate(p, fast, slow, *tokens, keep=1.0)  # the two problems only thinking solves must think
+    assert full["think_threshold"] == pytest.approx(0.55) and full["think_share"] == 0.5
+    assert full["accuracy_over_slow"] == 1.0 and full["tokens_over_slow"] == pytest.approx(24 / 40)
+    assert calibrate(p, fast, slow, *tokens, keep=0.6)["think_threshold"] == pytest.approx(0.85)
+    assert calibrate(p, fast, slow, *tokens, keep=0.3)["think_threshold"] == 1.0  # fast alone keeps 1/3
+    # a dip: thinking on the top problem alone loses its fast answer; fewer thoughts must not hide behind it
+    dip = calibrate([0.9, 0.8, 0.7, 0.6], [1, 0, 0, 0], [0, 1, 1, 1], *tokens, keep=1 / 3)
+    assert dip["think_share"] == 0.5 and dip["think_threshold"] == pytest.approx(0.75)
+    assert calibrate(p, [0] * 4, [0] * 4, *tokens, keep=0.9)["think_threshold"] == 1.0  # nothing to keep
+    with pytest.raises(ValueError, match="share of slow"):
+        calibrate(p, fast, slow, *tokens, keep=0.0)
+    with pytest.raises(ValueError, match="same number"):
+        calibrate(p[:3], fast, slow, *tokens, keep=0.9)
+
+
+def test_a_higher_keep_never_thinks_less():
+    import random
+
+    from duomind.reasoner.router import calibrate
+
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(5, 40)
+        p = [rng.random() for _ in range(n)]
+        slow = [rng.random() < 0.6 for _ in range(n)]
+        fast = [rng.random() < 0.3 for _ in range(n)]
+        tok = ([rng.randint(1, 5) for _ in range(n)], [rng.randint(10, 50) for _ in range(n)])
+        runs = [calibrate(p, fast, slow, *tok, keep=k) for k in (0.5, 0.8, 0.9, 0.95, 1.0)]
+        shares = [r["think_share"] for r in runs]
+        assert shares == sorted(shares)
+        for r in runs:  # the threshold realises the chosen share, and the estimate meets the target
+            assert sum(x >= r["think_threshold"] for x in p) == round(r["think_share"] * n)
+            assert r["accuracy_over_slow"] >= r["keep"] - 1e-9 or not any(slow)
+
+
 def test_config_rejects_bad_threshold_and_odd_rl_groups():
     with pytest.raises(ConfigError, match="fast_threshold"):
         DualConfig(fast_threshold=0.0)
@@ -67,6 +107,8 @@ def test_config_rejects_bad_threshold_and_odd_rl_groups():
         DualConfig(min_gain=0.0)
     with pytest.raises(ConfigError, match="pretrain_packing='whole' is not one of concat, best_fit"):
         DualConfig(pretrain_packing="whole")
+    with pytest.raises(ConfigError, match="auto_keep"):
+        DualConfig(auto_keep=1.5)
 
 
 def test_training_tasks_leave_out_every_record_of_a_held_out_prompt(tmp_path):
@@ -188,6 +230,13 @@ def test_pipeline_runs_and_resumes(shipped_reasoner):
     assert report["labels"]["n"] == 6
     for ev in report["eval"].values():
         assert ev["n"] == 6 and 0.0 <= ev["accuracy"] <= 1.0 and set(ev["tokens_by_difficulty"]) <= {"1", "2"}
+    # auto's think threshold, calibrated on new problems none of the data holds, and auto measured by argmax too
+    router = json.loads((run / "router.json").read_text())
+    assert report["router"] == router and router["n"] == 6 and router["model"] == report["model"]
+    assert 0.0 <= router["think_threshold"] <= 1.0 and report["auto_argmax"]["n"] == 6
+    taken = {json.loads(x)["prompt"] for x in (run / "data" / "tasks.jsonl").read_text().splitlines()}
+    validation = [json.loads(x)["prompt"] for x in (run / "data" / "validation.jsonl").read_text().splitlines()]
+    assert len(set(validation)) == 6 and not taken & set(validation)
     # a finished run is returned as it is: no stage runs again
     before = (run / "report.json").stat().st_mtime_ns
     assert train_dual(cfg) == report
@@ -209,7 +258,15 @@ def test_firp_stage_is_lossless_and_the_shipped_model_is_the_trained_one(shipped
     ids = torch.arange(1, 20)[None]
     with torch.no_grad():
         assert torch.equal(load_model(asset)(ids).logits, load_model(report["model"])(ids).logits)
+    from duomind.serve.cli import load_engine
+
+    engine, _ = load_engine(str(asset), max_batch=1)  # the shipped router reaches serving
+    try:
+        assert engine.think_threshold == report["router"]["think_threshold"]
+    finally:
+        engine.close()
     card = (asset / "README.md").read_text()
+    assert "calibrated on 6 new problems" in card
     for mode in ("fast", "slow", "auto"):  # the card's table holds the measured numbers
         assert f"| {mode} | {report['eval'][mode]['accuracy']:.0%} | {report['eval'][mode]['mean_tokens']:.1f} |" in card
 

@@ -11,10 +11,10 @@ import dataclasses
 import difflib
 import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 import types
 import typing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml

@@ -25,8 +25,8 @@ def _ask(engine, prompt: str, mode: str, max_tokens: int) -> dict:
     ids = chat_prompt(engine.tok, [{"role": "user", "content": prompt}], mode=mode)
     out: queue.Queue = queue.Queue()
     t0 = time.perf_counter()
-    engine.submit(ids, SamplingParams(max_tokens=max_tokens), ThinkingControl(mode, special_ids(engine.tok), None,
-                                                                              RepairConfig()), out.put)
+    control = ThinkingControl(mode, special_ids(engine.tok), None, RepairConfig(), engine.think_threshold)
+    engine.submit(ids, SamplingParams(max_tokens=max_tokens), control, out.put)
     content = []
     while True:
         d = out.get()

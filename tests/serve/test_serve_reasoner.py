@@ -27,13 +27,13 @@ def setup(tiny_tokenizer):
 
 
 def run(setup, mode, budget=None, repair=RepairConfig(min_repeats=2, min_span=6, max_period=4, max_repairs=1),
-        max_tokens=60):
+        max_tokens=60, think_threshold=None):
     tok, model = setup
     engine = Engine(model, tok, max_batch=2)
     try:
         q: queue.Queue = queue.Queue()
         ids = chat_prompt(tok, [{"role": "user", "content": "hi"}], mode=mode)
-        control = ThinkingControl(mode, special_ids(tok), budget, repair)
+        control = ThinkingControl(mode, special_ids(tok), budget, repair, think_threshold)
         engine.submit(ids, SamplingParams(max_tokens=max_tokens), control, q.put)
         parts = []
         while True:
@@ -100,6 +100,35 @@ def test_auto_follows_the_models_first_token(setup):
     finally:
         model.lm_head.weight.data[:, sp["<|auto|>"]] = col
     assert last.mode == "fast" and reasoning == "" and content == "x"
+
+
+def test_auto_think_threshold_decides_by_the_models_probability_in_serving_and_in_evaluation(setup):
+    import torch
+
+    from duomind.generate.cli import stop_ids
+    from duomind.reasoner.router import generate_auto, think_probs
+
+    tok, model = setup
+    sp = special_ids(tok)
+    auto, think, x = sp["<|auto|>"], sp["<think>"], tok.convert_tokens_to_ids("x")
+    col = model.lm_head.weight[:, auto].clone()
+    model.lm_head.weight.data[:, auto] = 0  # after <|auto|>: <think> and x equally likely, about half each
+    model.lm_head.weight.data[[think, x], auto] = 1.0
+    try:
+        ids = chat_prompt(tok, [{"role": "user", "content": "hi"}], mode="auto")
+        p = think_probs(model, [ids], think)[0]
+        with torch.no_grad():
+            assert p == pytest.approx(float(model(torch.tensor([ids])).logits[0, -1].softmax(-1)[think]))
+        assert 0.4 < p < 0.5
+        for threshold, mode in ((p * 0.999, "slow"), (p * 1.001, "fast")):
+            reasoning, content, last = run(setup, "auto", repair=None, max_tokens=30, think_threshold=threshold)
+            assert last.mode == mode and (reasoning.startswith("abc") if mode == "slow" else content == "x")
+            # evaluation's auto decoding (no engine) makes the same choice and then the same greedy tokens
+            assert generate_auto(model, tok, [ids, ids], 30, threshold, stop_ids(tok)) == [last.token_ids] * 2
+    finally:
+        model.lm_head.weight.data[:, auto] = col
+    with pytest.raises(ValueError, match="probability"):
+        ThinkingControl("auto", special_ids(tok), think_threshold=1.5)
 
 
 def test_repeating_period_detection():

@@ -215,10 +215,11 @@ def sample_chunked(model, tok, tasks: list[Task], mode: str, n: int, temperature
 
 
 def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batch_size: int, verifier: Verifier,
-             progress: bool = False, items: bool = False) -> dict:
+             progress: bool = False, items: bool = False, think_threshold: float | None = None) -> dict:
     """Greedy answers to `tasks`: accuracy per difficulty and task, response tokens, share of answers that thought.
 
-    With `items`, also the per-task lists (`items`: correct, tokens, thought), in the order of `tasks`.
+    With `items`, also the per-task lists (`items`: correct, tokens, thought), in the order of `tasks`. In auto
+    mode, `think_threshold` makes the first token a calibrated choice (`duomind.reasoner.router`).
     """
     from duomind.generate import generate
     from duomind.generate.cli import stop_ids
@@ -231,7 +232,12 @@ def evaluate(model, tok, tasks: list[Task], mode: str, max_new_tokens: int, batc
         for s in range(0, len(tasks), batch_size):
             part = tasks[s:s + batch_size]
             prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode=mode) for t in part]
-            out = generate(model, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_ids(tok))
+            if mode == "auto" and think_threshold is not None:
+                from duomind.reasoner.router import generate_auto
+
+                out = generate_auto(model, tok, prompts, max_new_tokens, think_threshold, stop_ids(tok))
+            else:
+                out = generate(model, prompts, max_new_tokens=max_new_tokens, stop_tokens=stop_ids(tok))
             texts = [reply_text(tok, o) for o in out]
             lengths += [len(o) for o in out]
             thought += ["<think>" in x for x in texts]

@@ -6,7 +6,8 @@ One `ThinkingControl` per sequence; the decode loop calls `constrain(logits)` be
 - fast: `<think>` and `</think>` are never chosen, so no empty think tags reach the answer.
 - slow: the first token is `<think>`; inside the span the turn cannot end before `</think>`.
 - auto: the model's own first token decides: `<think>` opens a span (then as slow), anything else is the
-  answer (then as fast).
+  answer (then as fast). With a calibrated `think_threshold` (`duomind.reasoner.router`) the span opens
+  exactly when the model gives `<think>` at least that probability.
 - budget: once the span holds `budget` tokens, `</think>` is forced and the model answers.
 - repetition self-repair: when the tail of the span repeats a period-p pattern (`RepairConfig`), the token
   that would continue the loop is banned for one step, steering the model out; after `max_repairs`
@@ -65,10 +66,12 @@ class ThinkingControl:
         ids: Token ids from `duomind.tokenizer.special_ids` (needs `<think>` and `</think>` unless fast).
         budget: Most tokens inside the span (None: no limit but max_tokens).
         repair: Repetition self-repair settings (None: off).
+        think_threshold: Auto mode thinks when P(`<think>`) as its first token reaches this (None: when
+            `<think>` is the chosen token).
     """
 
     def __init__(self, mode: str, ids: dict[str, int | None], budget: int | None = None,
-                 repair: RepairConfig | None = RepairConfig()) -> None:
+                 repair: RepairConfig | None = RepairConfig(), think_threshold: float | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {list(MODES)}.")
         self.think, self.end_think = ids.get(THINK), ids.get(END_THINK)
@@ -77,7 +80,9 @@ class ThinkingControl:
                              "use mode fast, or a tokenizer from `duomind tokenizer train`.")
         if budget is not None and budget < 1:
             raise ValueError(f"thinking budget must be at least 1 token, got {budget}.")
-        self.mode, self.budget, self.repair = mode, budget, repair
+        if think_threshold is not None and not 0.0 <= think_threshold <= 1.0:
+            raise ValueError(f"think_threshold={think_threshold} must be a probability in [0, 1].")
+        self.mode, self.budget, self.repair, self.threshold = mode, budget, repair, think_threshold
         self.enders = [i for i in (ids.get(IM_END), ids.get(EOS)) if i is not None]
         self.tags = [i for i in (self.think, self.end_think) if i is not None]
         # state: "start" (nothing yet), "thinking", "answer"
@@ -105,21 +110,29 @@ class ThinkingControl:
         """Apply the rules to one sequence's (V,) next-token logits (in place; also returned)."""
         force = self.forced()
         if force is not None:
-            keep = logits[force].clone()
-            logits.fill_(float("-inf"))
-            logits[force] = keep if torch.isfinite(keep) else 0.0
-            return logits
+            return self._only(logits, force)
         banned: list[int] = []
         if self.state == "answer":
             banned += self.tags
         elif self.state == "start":  # auto: may open a span or answer, never close one it has not opened
             banned.append(self.end_think)
+            if self.threshold is not None:
+                if torch.softmax(logits.float(), -1)[self.think] >= self.threshold:
+                    return self._only(logits, self.think)
+                banned.append(self.think)
         else:  # thinking: no nested span, no end of turn before the span is closed
             banned += [self.think, *self.enders]
             if self._ban is not None:
                 banned.append(self._ban)
         if banned:
             logits[banned] = float("-inf")
+        return logits
+
+    @staticmethod
+    def _only(logits: torch.Tensor, token: int) -> torch.Tensor:
+        keep = logits[token].clone()
+        logits.fill_(float("-inf"))
+        logits[token] = keep if torch.isfinite(keep) else 0.0
         return logits
 
     def observe(self, token: int) -> None:

@@ -9,6 +9,7 @@ Stages, each skipped when its output exists (so an interrupted run resumes):
 3. labels: the student's own pass rates (fast mode; slow mode too for the `gain` rule) on a pool of training problems -> auto labels.
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
    Then, with `rl_steps` > 0, AdaptThink RL on auto mode (`duomind.reasoner.adapt`).
+   With `auto_keep`, auto's think threshold is calibrated on new validation problems (`duomind.reasoner.router`).
 5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
 6. FIRP predictors for the final model (`firp_steps` > 0) and their measured speed-up in slow mode.
 7. ship (`ship_to`): the model, predictors, held-back problems and a model card (duomind.reasoner.ship).
@@ -68,6 +69,9 @@ class DualConfig:
         min_gain: Slow minus fast pass rate from which a problem's auto target is the slow answer (`gain` rule).
         fusion_steps: Steps of the fusion SFT.
         fusion_lr: Peak learning rate of the fusion SFT.
+        auto_keep: Calibrate auto mode's think threshold (`router.json`) to keep this share of slow mode's
+            accuracy on `router_problems` newly generated problems (None: auto thinks when `<think>` is its argmax).
+        router_problems: Validation problems for that calibration (no prompt shared with the data).
         max_new_tokens: Longest response in labelling and evaluation.
         eval_limit: Held-out problems to evaluate (0: all).
         rl_steps: Steps of AdaptThink RL after the fusion SFT (0: none).
@@ -112,6 +116,8 @@ class DualConfig:
     min_gain: float = 0.25
     fusion_steps: int = 800
     fusion_lr: float = 5e-4
+    auto_keep: float | None = None
+    router_problems: int = 400
     max_new_tokens: int = 160
     eval_limit: int = 400
     rl_steps: int = 0
@@ -137,7 +143,9 @@ class DualConfig:
             raise ConfigError(f"auto_rule={self.auto_rule!r} is not one of {', '.join(AUTO_RULES)}.")
         if not 0.0 < self.min_gain <= 1.0:
             raise ConfigError(f"min_gain={self.min_gain} must lie in (0, 1]: it is a difference of pass rates.")
-        for name in ("n", "label_pool", "label_samples", "max_new_tokens", "gen_batch_size", "batch_size"):
+        if self.auto_keep is not None and not 0.0 < self.auto_keep <= 1.0:
+            raise ConfigError(f"auto_keep={self.auto_keep} must lie in (0, 1]: it is a share of slow mode's accuracy.")
+        for name in ("n", "router_problems", "label_pool", "label_samples", "max_new_tokens", "gen_batch_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.sft_steps < 0 or self.fusion_steps < 1 or self.pretrain_steps < 0:
@@ -176,17 +184,50 @@ def training_tasks(data: Path) -> list:
     return [t for t in read_tasks(data / "tasks.jsonl") if t.prompt not in held]
 
 
-def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False) -> dict:
-    """Greedy accuracy and response tokens per difficulty in fast, slow and auto mode; auto's thinking share."""
+def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, progress: bool = False,
+                   think_threshold: float | None = None, modes: tuple[str, ...] = EVAL_MODES) -> dict:
+    """Greedy accuracy and response tokens per difficulty in each mode (auto at `think_threshold`, if given)."""
     from duomind.distill.loop import Verifier, evaluate
 
     verifier = Verifier()
     try:
-        report = {m: evaluate(model, tok, tasks, m, max_new_tokens, batch_size, verifier, progress, items=True)
-                  for m in EVAL_MODES}
+        report = {m: evaluate(model, tok, tasks, m, max_new_tokens, batch_size, verifier, progress, items=True,
+                              think_threshold=think_threshold) for m in modes}
     finally:
         verifier.close()
     return report
+
+
+def calibrate_router(cfg: DualConfig, out: Path, data: Path, final: Path, tok) -> dict:
+    """Calibrate (or reuse) auto's think threshold for `final` on new validation problems; `out/router.json`."""
+    from duomind.reasoner.router import ROUTER_FILE, calibrate, think_probs, validation_tasks
+    from duomind.tasks import read_tasks, write_jsonl
+    from duomind.tokenizer import THINK, chat_prompt, special_ids
+    from duomind.train.checkpoint import atomic_write_text, load_model
+
+    path = out / ROUTER_FILE
+    if path.is_file():
+        router = json.loads(path.read_text())
+        if Path(router["model"]).resolve() == final.resolve() and router["keep"] == cfg.auto_keep:
+            return router
+    taken = [t.prompt for t in read_tasks(data / "tasks.jsonl")]  # training and held-out prompts alike
+    val = validation_tasks(taken, cfg.tasks, cfg.difficulty, cfg.router_problems, cfg.seed + 1)
+    write_jsonl(data / "validation.jsonl", val)
+    model = load_model(final)
+    ev = evaluate_modes(model, tok, val, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress, modes=("fast", "slow"))
+    prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode="auto") for t in val]
+    p = think_probs(model, prompts, special_ids(tok)[THINK], cfg.gen_batch_size)
+    f, s = ev["fast"]["items"], ev["slow"]["items"]
+    mix: dict[str, int] = {}
+    for t in val:
+        mix[t.task] = mix.get(t.task, 0) + 1
+    router = {**calibrate(p, f["correct"], s["correct"], f["tokens"], s["tokens"], cfg.auto_keep),
+              "model": str(final), "tasks": mix}
+    if not router["slow_accuracy"]:
+        print(f"warning: slow mode solved none of the {len(val)} validation problems, so auto will never think; "
+              "train longer or raise router_problems.")
+    atomic_write_text(path, json.dumps(router, indent=1))
+    return router
 
 
 def train_dual(cfg: DualConfig) -> dict:
@@ -270,19 +311,26 @@ def train_dual(cfg: DualConfig) -> dict:
             steps=cfg.rl_steps, prompts=cfg.rl_prompts, group=cfg.rl_group, delta=cfg.rl_delta, lr=cfg.rl_lr,
             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed), cfg.progress)
 
+    router = calibrate_router(cfg, out, data, final, tok) if cfg.auto_keep is not None else None
+    threshold = router["think_threshold"] if router else None
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     heldout = read_tasks(data / "heldout.jsonl")
     if cfg.eval_limit:
         heldout = random.Random(cfg.seed).sample(heldout, min(cfg.eval_limit, len(heldout)))
-    if Path(report.get("model", "")).resolve() != final.resolve() or "items" not in report["eval"]["fast"]:
+    if (Path(report.get("model", "")).resolve() != final.resolve() or "items" not in report["eval"]["fast"]
+            or report.get("router") != router):
         model = load_model(final)
         report = {"model": str(final), "dual_model": str(dual), "stage1": stage1, "config": dataclasses.asdict(cfg),
-                  "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress),
-                  "labels": label_summary(list(labels.values()))}
+                  "eval": evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size, cfg.progress,
+                                         threshold),
+                  "labels": label_summary(list(labels.values())), "router": router}
+        if router:  # what calibration changed: auto deciding by its argmax
+            report["auto_argmax"] = evaluate_modes(model, tok, heldout, cfg.max_new_tokens, cfg.gen_batch_size,
+                                                   cfg.progress, modes=("auto",))["auto"]
         if final != fused:  # what RL changed
             report["eval_before_rl"] = evaluate_modes(load_model(fused), tok, heldout, cfg.max_new_tokens,
-                                                      cfg.gen_batch_size, cfg.progress)
+                                                      cfg.gen_batch_size, cfg.progress, threshold)
         atomic_write_text(report_path, json.dumps(report, indent=1))
     predictors = out / "predictors" / final.parent.name  # per model: predictors fit the weights they were trained on
     if cfg.firp_steps and "firp" not in report:
@@ -300,7 +348,8 @@ def train_dual(cfg: DualConfig) -> dict:
     if cfg.ship_to:
         from duomind.reasoner.ship import ship
 
-        ship(final, cfg.ship_to, report, predictors if "firp" in report else None, data / "heldout.jsonl")
+        ship(final, cfg.ship_to, report, predictors if "firp" in report else None, data / "heldout.jsonl",
+             out / "router.json" if router else None)
         print(f"shipped {final} to {cfg.ship_to}")
     return report
 

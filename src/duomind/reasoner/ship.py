@@ -1,7 +1,8 @@
 """Package a trained reasoner as a self-contained model directory (the embedded default model).
 
 The directory holds what serving and the demo need and nothing else: weights (safetensors, no optimizer
-state), config, tokenizer and chat template, FIRP predictors in `predictors/`, the held-back problems in
+state), config, tokenizer and chat template, FIRP predictors in `predictors/`, auto mode's calibrated think
+threshold in `router.json` (duomind.reasoner.router), the held-back problems in
 `heldout.jsonl` (never trained on; `duomind demo` answers them) and a model card (`README.md`) with the data,
 the recipe and the numbers measured on it. It is written to a temporary directory, sealed with a COMPLETE
 marker and swapped in by rename, so a failed ship never leaves half a model where the previous one was.
@@ -21,8 +22,8 @@ from duomind.train.checkpoint import MARKER, _fsync_dir, seal
 
 
 def ship(checkpoint: str | Path, dest: str | Path, report: dict[str, Any], predictors: Path | None = None,
-         heldout: Path | None = None) -> Path:
-    """Write `checkpoint` (+ predictors, held-back problems, model card from `report`) to `dest` atomically."""
+         heldout: Path | None = None, router: Path | None = None) -> Path:
+    """Write `checkpoint` (+ predictors, held-back problems, router, model card from `report`) to `dest` atomically."""
     from duomind.tokenizer import load_tokenizer
     from duomind.train.checkpoint import load_model
 
@@ -38,6 +39,8 @@ def ship(checkpoint: str | Path, dest: str | Path, report: dict[str, Any], predi
             shutil.copytree(predictors, tmp / "predictors")
         if heldout is not None:
             shutil.copyfile(heldout, tmp / "heldout.jsonl")
+        if router is not None:
+            shutil.copyfile(router, tmp / "router.json")
         (tmp / "README.md").write_text(model_card(model, report))
         for f in tmp.rglob("*"):
             os.chmod(f, 0o755 if f.is_dir() else 0o644)
@@ -102,7 +105,8 @@ def model_card(model, report: dict[str, Any]) -> str:
         f"(by level: {', '.join(f'{k}: {_pct(v)}' for k, v in report['labels']['fast_share_by_difficulty'].items())}).",
         "",
         "## Recipe",
-        "`duomind reasoner train` (duomind.reasoner.dual): " + " -> ".join(_steps(c, report.get("stage1") or {}))
+        "`duomind reasoner train` (duomind.reasoner.dual): "
+        + " -> ".join(_steps(c, report.get("stage1") or {}, report.get("router")))
         + ". Full settings:",
         "",
         "```yaml",
@@ -116,6 +120,11 @@ def model_card(model, report: dict[str, Any]) -> str:
         "|" + "---|" * (4 + len(levels)),
         *rows,
     ]
+    if report.get("router") and "auto_argmax" in report:
+        a, r = report["auto_argmax"], report["router"]
+        lines += ["", f"Auto thinks when P(`<think>`) >= {r['think_threshold']:.3f} (`router.json`); deciding by its "
+                      f"argmax instead it scores {_pct(a['accuracy'])} with {a['mean_tokens']:.1f} tokens, thinking on "
+                      f"{_pct(a['think_share'])}."]
     if "firp" in report:
         f = report["firp"]
         lines += ["", f"FIRP, slow mode, batch 1, greedy, {f['prompts']} held-back prompts: {f['firp_tokens_per_s']:.0f} "
@@ -135,7 +144,7 @@ def model_card(model, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _steps(c: dict, stage1: dict) -> list[str]:
+def _steps(c: dict, stage1: dict, router: dict | None = None) -> list[str]:
     """The recipe's steps in order, with the Stage-1 numbers measured on held-out problems (slow mode)."""
     acc = lambda xs: " -> ".join(_pct(x) for x in xs if x is not None)  # noqa: E731
     steps = []
@@ -155,6 +164,9 @@ def _steps(c: dict, stage1: dict) -> list[str]:
     steps += ["auto labels", f"fusion SFT {c['fusion_steps']} steps (peak LR {c['fusion_lr']})"]
     if c.get("rl_steps"):
         steps.append(f"AdaptThink RL {c['rl_steps']} steps")
+    if router:
+        steps.append(f"auto's think threshold calibrated on {router['n']} new problems to keep {router['keep']:.0%} of "
+                     f"slow mode's accuracy (P(<think>) >= {router['think_threshold']:.3f})")
     if c.get("firp_steps"):
         steps.append(f"FIRP predictors {c['firp_steps']} steps")
     return steps

@@ -24,21 +24,26 @@ def default_checkpoint(checkpoint: str | None) -> Path:
 
 
 def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 64, context_len: int | None = None,
-                threads: int | None = None, predictors: str | None = None):
+                threads: int | None = None, predictors: str | None = None, think_threshold: float | None = None):
     """Load a checkpoint (a run directory or a step-XXXXXX one) and start an engine on it.
 
     FIRP predictors (or Medusa heads) from `duomind speculate train` are used for speculative steps when
     given, or when the checkpoint directory holds them in `predictors/`; `predictors="none"` turns them off.
+    Auto mode's think threshold is `think_threshold`, else the checkpoint's calibrated `router.json` if any.
     """
     import torch
 
+    from duomind.reasoner.router import read_threshold
     from duomind.serve.engine import Engine
     from duomind.tokenizer import load_tokenizer
     from duomind.train.checkpoint import load_model, resolve_checkpoint
 
+    if think_threshold is not None and not 0.0 <= think_threshold <= 1.0:
+        raise ValueError(f"--think_threshold {think_threshold} must be a probability in [0, 1].")
     if threads:
         torch.set_num_threads(threads)
     path = resolve_checkpoint(default_checkpoint(checkpoint))
+    threshold = read_threshold(path) if think_threshold is None else think_threshold
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(path, device=device)
     drafter = None
@@ -49,15 +54,15 @@ def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 
         from duomind.generate.drafters import predictor_drafter
 
         drafter = predictor_drafter(model, predictors or beside)
-    return Engine(model, load_tokenizer(path), max_batch=max_batch, max_waiting=max_waiting,
-                  context_len=context_len, drafter=drafter), path
+    return Engine(model, load_tokenizer(path), max_batch=max_batch, max_waiting=max_waiting, context_len=context_len,
+                  drafter=drafter, think_threshold=threshold), path
 
 
 def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
               model_name: str | None = None, max_batch: int = 16, max_waiting: int = 64,
               context_len: int | None = None, max_tokens: int | None = None, max_body_bytes: int = 1 << 20,
               mode: str = "slow", temperature: float = 0.0, repair: bool = True, threads: int | None = None,
-              predictors: str | None = None) -> None:
+              predictors: str | None = None, think_threshold: float | None = None) -> None:
     """Serve a DuoMind model over an OpenAI-compatible API (chat and text completions, streaming).
 
     Args:
@@ -77,6 +82,8 @@ def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
         threads: torch intra-op threads.
         predictors: FIRP predictors from `duomind speculate train` (default: CHECKPOINT/predictors if there):
             speculative steps while one greedy request runs alone; "none" turns them off.
+        think_threshold: Auto mode thinks when the model gives `<think>` at least this probability (default: the value
+            calibrated in CHECKPOINT/router.json if there, else when `<think>` is its most likely first token).
     """
     import uvicorn
 
@@ -86,7 +93,7 @@ def serve_cli(checkpoint: str | None = None, host: str = "127.0.0.1", port: int 
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} is not one of {list(MODES)}.")
-    engine, path = load_engine(checkpoint, max_batch, max_waiting, context_len, threads, predictors)
+    engine, path = load_engine(checkpoint, max_batch, max_waiting, context_len, threads, predictors, think_threshold)
     name = model_name or (Path(checkpoint).resolve().name if checkpoint else DEFAULT_MODEL.name)
     key = api_key or os.environ.get("DUOMIND_API_KEY") or None
     app = create_app(engine, name, api_key=key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens,
@@ -144,7 +151,7 @@ def chat_session(engine, lines: Iterable[str], console, mode: str = "slow", max_
                 console.print("[red]the conversation fills the context; /reset to start a new one[/red]")
                 continue
             out: queue.Queue = queue.Queue()
-            control = ThinkingControl(use, ids, choice.budget, RepairConfig()) if use else None
+            control = ThinkingControl(use, ids, choice.budget, RepairConfig(), engine.think_threshold) if use else None
             engine.submit(prompt_ids, SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature),
                           control, out.put)
         except ValueError as err:
@@ -174,7 +181,7 @@ def chat_session(engine, lines: Iterable[str], console, mode: str = "slow", max_
 
 
 def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int = 256, temperature: float = 0.0,
-             threads: int | None = None, predictors: str | None = None) -> None:
+             threads: int | None = None, predictors: str | None = None, think_threshold: float | None = None) -> None:
     """Chat with a DuoMind model in the terminal: streaming, thinking shown dimmed, /fast /slow /auto to switch.
 
     Args:
@@ -185,6 +192,8 @@ def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int 
         threads: torch intra-op threads.
         predictors: FIRP predictors (default: CHECKPOINT/predictors if there) for speculative decoding; "none":
             without.
+        think_threshold: Auto mode thinks when the model gives `<think>` at least this probability (default: the value
+            calibrated in CHECKPOINT/router.json if there, else when `<think>` is its most likely first token).
     """
     from rich.console import Console
 
@@ -192,7 +201,8 @@ def chat_cli(checkpoint: str | None = None, mode: str = "slow", max_tokens: int 
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r} is not one of {list(MODES)}.")
-    engine, path = load_engine(checkpoint, max_batch=1, threads=threads, predictors=predictors)
+    engine, path = load_engine(checkpoint, max_batch=1, threads=threads, predictors=predictors,
+                               think_threshold=think_threshold)
     console = Console()
     console.print(f"[bold]DuoMind chat[/bold] · {path} · mode {mode}\n{HELP}")
 

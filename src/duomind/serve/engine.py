@@ -146,10 +146,13 @@ class Engine:
         prefill_chunk: Most prompts prefilled in one forward pass.
         drafter: A `duomind.generate` drafter (FIRP predictors, Medusa heads, prompt lookup): speculative
             steps while one greedy sequence runs alone (`duomind.serve.speculate`).
+        think_threshold: The model's calibrated auto-mode threshold (`duomind.reasoner.router`), for the
+            `ThinkingControl`s that callers submit (None: auto decides by its argmax).
     """
 
     def __init__(self, model: DuoMind, tok, max_batch: int = 16, max_waiting: int = 64,
-                 context_len: int | None = None, prefill_chunk: int = 8, drafter=None) -> None:
+                 context_len: int | None = None, prefill_chunk: int = 8, drafter=None,
+                 think_threshold: float | None = None) -> None:
         if max_batch < 1 or max_waiting < 0:
             raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {max_batch}, {max_waiting}.")
         self.model, self.tok = model.eval(), tok
@@ -157,6 +160,7 @@ class Engine:
         limit = cfg.max_position_embeddings
         self.context_len = min(context_len or limit, limit)
         self.max_batch, self.max_waiting, self.prefill_chunk = max_batch, max_waiting, prefill_chunk
+        self.think_threshold = think_threshold
         self.device = next(model.parameters()).device
         self.pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         self.stops = torch.tensor(stop_ids(tok), dtype=torch.long)

@@ -264,7 +264,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         max_tokens = budget(len(prompt), asked)
         jobs = []
         for i in range(req.n):
-            control = ThinkingControl(mode, ids, choice.budget, repair) if mode else None
+            control = ThinkingControl(mode, ids, choice.budget, repair, engine.think_threshold) if mode else None
             jobs.append((prompt, params_of(req, max_tokens, i), control))
         return jobs, choice
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 from pathlib import Path
 
 from _common import CACHE, figure, out_dir, parser, write
 from duomind.config import from_dict, load_mapping
 from duomind.reasoner.dual import AUTO_RULES, EVAL_MODES, DualConfig, train_dual
+from duomind.tasks import read_tasks
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "reasoner" / "default.yaml"
 
@@ -62,6 +64,29 @@ def router_bounds(ev: dict) -> dict:
     return out
 
 
+def spread(ev: dict, levels: list[int], resamples: int = 2000, seed: int = 0) -> dict:
+    """95% intervals of the three goal quantities over the held-out problems (paired bootstrap: each resample of
+    problems serves every mode), so a goal met or missed by less than the run's own sampling error reads as such."""
+    rng = random.Random(seed)
+    f, s, a = (ev[m]["items"] for m in EVAL_MODES)
+    n = len(levels)
+    draws: dict[str, list[float]] = {"auto_accuracy_over_slow": [], "auto_tokens_over_slow": [],
+                                     "slow_minus_fast_hard": []}
+    for _ in range(resamples):
+        pick = [rng.randrange(n) for _ in range(n)]
+        solved = sum(s["correct"][i] for i in pick)
+        draws["auto_accuracy_over_slow"].append(sum(a["correct"][i] for i in pick) / max(solved, 1))
+        draws["auto_tokens_over_slow"].append(sum(a["tokens"][i] for i in pick) / max(sum(s["tokens"][i] for i in pick), 1))
+        gaps = []
+        for level in {lv for lv in levels if lv >= 3}:
+            rows = [i for i in pick if levels[i] == level]
+            if rows:
+                gaps.append(sum(s["correct"][i] - f["correct"][i] for i in rows) / len(rows))
+        draws["slow_minus_fast_hard"].append(sum(gaps) / max(len(gaps), 1))
+    quantile = lambda xs, q: sorted(xs)[min(int(q * len(xs)), len(xs) - 1)]  # noqa: E731
+    return {k: {"low": quantile(v, 0.025), "high": quantile(v, 0.975)} for k, v in draws.items()}
+
+
 def label_sweep(cfg: DualConfig, report: dict, variants: list[tuple[str, float]]) -> dict:
     """Auto mode under other label rules: the same dual model, a labelling and a fusion SFT for each."""
     out = {}
@@ -103,6 +128,7 @@ def main() -> None:
     cfg = config(args.quick, args.threads)
     report = train_dual(cfg)
     ev = report["eval"]
+    level = {t.id: t.difficulty for t in read_tasks(Path(cfg.out_dir) / "data" / "heldout.jsonl")}
     acc = {m: ev[m]["accuracy"] for m in EVAL_MODES}
     tokens = {m: ev[m]["mean_tokens"] for m in EVAL_MODES}
     hard = {m: hard_mean(ev[m]["by_difficulty"]) for m in EVAL_MODES}
@@ -115,6 +141,7 @@ def main() -> None:
         "auto_tokens_over_slow": tokens["auto"] / tokens["slow"] if tokens["slow"] else float("nan"),
         "slow_minus_fast_hard": hard["slow"] - hard["fast"],
         "auto_labels": report["labels"], "n_eval": ev["fast"]["n"], "router_bounds": router_bounds(ev),
+        "spread_95": spread(ev, [level[i] for i in ev["fast"]["items"]["id"]]),
         "firp": {k: v for k, v in report.get("firp", {}).items() if k != "seconds"},
         "label_sweep": label_sweep(cfg, report, _variants(args.label_rules or (
             "pass_rate:0.5" if args.quick else "pass_rate:0.25,pass_rate:0.5,pass_rate:0.75,gain:0.5"))),
@@ -131,6 +158,7 @@ def main() -> None:
         print(f"perfect router, {name}: fast {b['fast_share']:.0%}, accuracy {b['accuracy_over_slow']:.2f}x slow, "
               f"tokens {b['tokens_over_slow']:.2f}x slow")
     print("goals:", result["goals_met"])
+    print("95% intervals over problems:", {k: f"{v['low']:.3f}-{v['high']:.3f}" for k, v in result["spread_95"].items()})
     write("dual_mode", result, out)
 
     plot(result, out / "dual_mode.png")

@@ -10,7 +10,8 @@ Stages, each skipped when its output exists (so an interrupted run resumes):
 4. fusion SFT: fast, slow and auto chats of the pool (`duomind.reasoner.fusion`), from the dual model.
    Then, with `rl_steps` > 0, AdaptThink RL on auto mode (`duomind.reasoner.adapt`).
    With `auto_keep`, auto's think threshold is calibrated on new validation problems (`duomind.reasoner.router`).
-5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems.
+5. eval: greedy accuracy and response tokens per difficulty level in each mode on held-out problems (auto at the
+   calibrated threshold, and by argmax as well).
 6. FIRP predictors for the final model (`firp_steps` > 0) and their measured speed-up in slow mode.
 7. ship (`ship_to`): the model, predictors, held-back problems and a model card (duomind.reasoner.ship).
 """
@@ -208,7 +209,8 @@ def calibrate_router(cfg: DualConfig, out: Path, data: Path, final: Path, tok) -
     path = out / ROUTER_FILE
     if path.is_file():
         router = json.loads(path.read_text())
-        if Path(router["model"]).resolve() == final.resolve() and router["keep"] == cfg.auto_keep:
+        if (Path(router["model"]).resolve() == final.resolve() and router["keep"] == cfg.auto_keep
+                and router.get("problems") == cfg.router_problems):
             return router
     taken = [t.prompt for t in read_tasks(data / "tasks.jsonl")]  # training and held-out prompts alike
     val = validation_tasks(taken, cfg.tasks, cfg.difficulty, cfg.router_problems, cfg.seed + 1)
@@ -222,7 +224,7 @@ def calibrate_router(cfg: DualConfig, out: Path, data: Path, final: Path, tok) -
     for t in val:
         mix[t.task] = mix.get(t.task, 0) + 1
     router = {**calibrate(p, f["correct"], s["correct"], f["tokens"], s["tokens"], cfg.auto_keep),
-              "model": str(final), "tasks": mix}
+              "model": str(final), "problems": cfg.router_problems, "tasks": mix}
     if not router["slow_accuracy"]:
         print(f"warning: slow mode solved none of the {len(val)} validation problems, so auto will never think; "
               "train longer or raise router_problems.")
@@ -330,7 +332,7 @@ def train_dual(cfg: DualConfig) -> dict:
                                                    cfg.progress, modes=("auto",))["auto"]
         if final != fused:  # what RL changed
             report["eval_before_rl"] = evaluate_modes(load_model(fused), tok, heldout, cfg.max_new_tokens,
-                                                      cfg.gen_batch_size, cfg.progress, threshold)
+                                                      cfg.gen_batch_size, cfg.progress)  # argmax: calibrated after RL
         atomic_write_text(report_path, json.dumps(report, indent=1))
     predictors = out / "predictors" / final.parent.name  # per model: predictors fit the weights they were trained on
     if cfg.firp_steps and "firp" not in report:
@@ -346,10 +348,11 @@ def train_dual(cfg: DualConfig) -> dict:
         report["config"] = dataclasses.asdict(cfg)
         atomic_write_text(report_path, json.dumps(report, indent=1))
     if cfg.ship_to:
+        from duomind.reasoner.router import ROUTER_FILE
         from duomind.reasoner.ship import ship
 
         ship(final, cfg.ship_to, report, predictors if "firp" in report else None, data / "heldout.jsonl",
-             out / "router.json" if router else None)
+             out / ROUTER_FILE if router else None)
         print(f"shipped {final} to {cfg.ship_to}")
     return report
 

@@ -77,13 +77,14 @@ def spread(ev: dict, levels: list[int], resamples: int = 2000, seed: int = 0) ->
         solved = sum(s["correct"][i] for i in pick)
         draws["auto_accuracy_over_slow"].append(sum(a["correct"][i] for i in pick) / max(solved, 1))
         draws["auto_tokens_over_slow"].append(sum(a["tokens"][i] for i in pick) / max(sum(s["tokens"][i] for i in pick), 1))
-        gaps = []
-        for level in {lv for lv in levels if lv >= 3}:
-            rows = [i for i in pick if levels[i] == level]
-            if rows:
-                gaps.append(sum(s["correct"][i] - f["correct"][i] for i in rows) / len(rows))
-        draws["slow_minus_fast_hard"].append(sum(gaps) / max(len(gaps), 1))
-    quantile = lambda xs, q: sorted(xs)[min(int(q * len(xs)), len(xs) - 1)]  # noqa: E731
+        by_level: dict[str, list[int]] = {}
+        for i in pick:
+            by_level.setdefault(str(levels[i]), []).append(s["correct"][i] - f["correct"][i])
+        draws["slow_minus_fast_hard"].append(hard_mean({k: sum(v) / len(v) for k, v in by_level.items()}))
+    def quantile(xs: list[float], q: float) -> float:
+        xs = sorted(x for x in xs if x == x)  # a resample without hard problems has no gap (nan)
+        return xs[min(int(q * len(xs)), len(xs) - 1)] if xs else float("nan")
+
     return {k: {"low": quantile(v, 0.025), "high": quantile(v, 0.975)} for k, v in draws.items()}
 
 

@@ -131,6 +131,19 @@ def test_auto_think_threshold_decides_by_the_models_probability_in_serving_and_i
         ThinkingControl("auto", special_ids(tok), think_threshold=1.5)
 
 
+def test_a_bad_think_threshold_is_refused_naming_where_it_came_from(tmp_path):
+    from duomind.reasoner.router import read_threshold
+    from duomind.serve.cli import load_engine
+
+    assert read_threshold(tmp_path) is None  # no router.json: auto decides by argmax
+    for bad in ("1.5", "true", "null"):
+        (tmp_path / "router.json").write_text(f'{{"think_threshold": {bad}}}')
+        with pytest.raises(ValueError, match=r"router.json \(recalibrate .* probability in \[0, 1\], got"):
+            read_threshold(tmp_path)
+    with pytest.raises(ValueError, match="--think_threshold: a think threshold is a probability"):
+        load_engine(str(tmp_path), think_threshold=-0.1)  # refused before any checkpoint is looked for
+
+
 def test_repeating_period_detection():
     cfg = RepairConfig(min_repeats=3, min_span=6, max_period=4)
     assert repeating_period([9, 1, 2, 1, 2, 1, 2], cfg) == 2

@@ -80,8 +80,10 @@ class ThinkingControl:
                              "use mode fast, or a tokenizer from `duomind tokenizer train`.")
         if budget is not None and budget < 1:
             raise ValueError(f"thinking budget must be at least 1 token, got {budget}.")
-        if think_threshold is not None and not 0.0 <= think_threshold <= 1.0:
-            raise ValueError(f"think_threshold={think_threshold} must be a probability in [0, 1].")
+        if think_threshold is not None:
+            from duomind.reasoner.router import check_threshold
+
+            check_threshold(think_threshold, "think_threshold")
         self.mode, self.budget, self.repair, self.threshold = mode, budget, repair, think_threshold
         self.enders = [i for i in (ids.get(IM_END), ids.get(EOS)) if i is not None]
         self.tags = [i for i in (self.think, self.end_think) if i is not None]

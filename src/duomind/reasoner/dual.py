@@ -201,6 +201,8 @@ def evaluate_modes(model, tok, tasks, max_new_tokens: int, batch_size: int, prog
 
 def calibrate_router(cfg: DualConfig, out: Path, data: Path, final: Path, tok) -> dict:
     """Calibrate (or reuse) auto's think threshold for `final` on new validation problems; `out/router.json`."""
+    from collections import Counter
+
     from duomind.reasoner.router import ROUTER_FILE, calibrate, think_probs, validation_tasks
     from duomind.tasks import read_tasks, write_jsonl
     from duomind.tokenizer import THINK, chat_prompt, special_ids
@@ -220,11 +222,8 @@ def calibrate_router(cfg: DualConfig, out: Path, data: Path, final: Path, tok) -
     prompts = [chat_prompt(tok, [{"role": "user", "content": t.prompt}], mode="auto") for t in val]
     p = think_probs(model, prompts, special_ids(tok)[THINK], cfg.gen_batch_size)
     f, s = ev["fast"]["items"], ev["slow"]["items"]
-    mix: dict[str, int] = {}
-    for t in val:
-        mix[t.task] = mix.get(t.task, 0) + 1
     router = {**calibrate(p, f["correct"], s["correct"], f["tokens"], s["tokens"], cfg.auto_keep),
-              "model": str(final), "problems": cfg.router_problems, "tasks": mix}
+              "model": str(final), "problems": cfg.router_problems, "tasks": dict(Counter(t.task for t in val))}
     if not router["slow_accuracy"]:
         print(f"warning: slow mode solved none of the {len(val)} validation problems, so auto will never think; "
               "train longer or raise router_problems.")

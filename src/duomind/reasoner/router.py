@@ -26,6 +26,13 @@ from duomind.tasks import Task
 ROUTER_FILE = "router.json"
 
 
+def check_threshold(value, where: str) -> float:
+    """`value` as a think threshold: a probability in [0, 1], else a ValueError that names `where`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: a think threshold is a probability in [0, 1], got {value!r}.")
+    return float(value)
+
+
 @torch.inference_mode()
 def first_step_logits(model, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
     """(B, V) float32 next-token logits after each prompt (one left-padded forward pass)."""
@@ -129,8 +136,5 @@ def read_threshold(path: str | Path) -> float | None:
     file = Path(path) / ROUTER_FILE
     if not file.is_file():
         return None
-    value = json.loads(file.read_text()).get("think_threshold")
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{file}: think_threshold must be a probability in [0, 1], got {value!r}; "
-                         "recalibrate with `duomind reasoner train` or delete the file to decide by argmax.")
-    return float(value)
+    return check_threshold(json.loads(file.read_text()).get("think_threshold"),
+                           f"{file} (recalibrate with `duomind reasoner train`, or delete it to decide by argmax)")

@@ -33,13 +33,13 @@ def load_engine(checkpoint: str | None, max_batch: int = 16, max_waiting: int = 
     """
     import torch
 
-    from duomind.reasoner.router import read_threshold
+    from duomind.reasoner.router import check_threshold, read_threshold
     from duomind.serve.engine import Engine
     from duomind.tokenizer import load_tokenizer
     from duomind.train.checkpoint import load_model, resolve_checkpoint
 
-    if think_threshold is not None and not 0.0 <= think_threshold <= 1.0:
-        raise ValueError(f"--think_threshold {think_threshold} must be a probability in [0, 1].")
+    if think_threshold is not None:
+        check_threshold(think_threshold, "--think_threshold")  # before the model loads
     if threads:
         torch.set_num_threads(threads)
     path = resolve_checkpoint(default_checkpoint(checkpoint))

@@ -6,8 +6,9 @@ happened to leave the argmax, and it moves from one fusion run to the next (docs
 read it as a classifier with score p = P(`<think>` | prompt) and pick its threshold on validation problems
 that share no prompt with the training or held-out data: the highest threshold (least thinking) at which
 auto keeps a chosen share of slow mode's accuracy, estimated from the model's greedy fast and slow answers.
-On the embedded model it moves auto along the model's own accuracy/tokens trade-off without improving it, and
-the estimate ran optimistic (docs/reasoner.md), so the recipe leaves it off.
+On three fusion runs of the recipe (labels then sampled at temperature 0.7) it moved auto along the model's own
+accuracy/tokens trade-off without improving it, and the estimate ran optimistic (docs/reasoner.md), so the
+recipe leaves it off.
 
 The threshold is a decode-time setting of a trained model: `router.json` beside its weights, read by
 `duomind serve` / `duomind chat` (`ThinkingControl(think_threshold=...)`) and by evaluation (`generate_auto`).

@@ -179,17 +179,12 @@ def plot(result: dict, path: Path) -> None:
     recipe_rule = DualConfig(**{k: result["setup"][k] for k in ("auto_rule", "min_gain", "fast_threshold")}).label_rule
     sweep = {recipe_rule: {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
                            "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]}, **result["label_sweep"]}
-    stacked = {"gain": 0, "pass_rate": 0}  # points of a rule sit close together: their labels are stacked below
+    markers = iter("oDsv^<>Ph")  # one marker per rule in the legend: the points of a rule sit close together
     for name, r in sorted(sweep.items(), key=lambda kv: kv[1]["auto_tokens_over_slow"]):
-        rule = name.split()[0]
-        color = "tab:purple" if rule == "gain" else "tab:green"
-        ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "o", color=color)
-        ax3.annotate(f"auto, {name}" + (" (recipe)" if name == recipe_rule else ""),
-                     (r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"]), fontsize=7,
-                     xytext=(-40, -100 - 12 * stacked[rule]) if rule == "gain" else (-150, -30 - 12 * stacked[rule]),
-                     textcoords="offset points",
-                     arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5})
-        stacked[rule] += 1
+        recipe = name == recipe_rule
+        ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "*" if recipe else next(markers),
+                 ms=12 if recipe else 6, color="tab:purple" if name.startswith("gain") else "tab:green",
+                 label=name + (" (recipe)" if recipe else ""))
     short = {"fast_if_solved": "perfect router:\nskip if fast is right", "fast_unless_thinking_helps":
              "perfect router:\nskip unless thinking helps"}
     for name, b in result["router_bounds"].items():
@@ -200,6 +195,7 @@ def plot(result: dict, path: Path) -> None:
     ax3.axhline(0.95, ls=":", color="gray")
     ax3.set(xlabel="auto tokens / slow tokens (goal <= 0.6)", ylabel="auto accuracy / slow (goal >= 0.95)",
             xlim=(0, 1.25), ylim=(0.5, 1.15))
+    ax3.legend(fontsize=7, loc="lower left", title="auto labels", title_fontsize=7)
     fig.suptitle("dual-system model: fast / slow / auto")
     fig.tight_layout()
     fig.savefig(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 from pathlib import Path
@@ -179,7 +180,7 @@ def plot(result: dict, path: Path) -> None:
     recipe_rule = DualConfig(**{k: result["setup"][k] for k in ("auto_rule", "min_gain", "fast_threshold")}).label_rule
     sweep = {recipe_rule: {"auto_tokens_over_slow": result["auto_tokens_over_slow"],
                            "auto_accuracy_over_slow": result["auto_accuracy_over_slow"]}, **result["label_sweep"]}
-    markers = iter("oDsv^<>Ph")  # one marker per rule in the legend: the points of a rule sit close together
+    markers = itertools.cycle("oDsv^<>Ph")  # a marker per rule in the legend: the points of a rule sit close together
     for name, r in sorted(sweep.items(), key=lambda kv: kv[1]["auto_tokens_over_slow"]):
         recipe = name == recipe_rule
         ax3.plot(r["auto_tokens_over_slow"], r["auto_accuracy_over_slow"], "*" if recipe else next(markers),

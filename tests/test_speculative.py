@@ -13,7 +13,7 @@ from duomind.config import ModelConfig
 from duomind.generate import generate
 from duomind.generate.drafters import DraftModel, FIRPDrafter, MedusaDrafter, PromptLookup, predictor_drafter
 from duomind.generate.predictors import build, load_predictors, save_predictors
-from duomind.generate.spec_train import pseudo_logits, train_predictors
+from duomind.generate.spec_train import base_pass, pseudo_logits, train_predictors
 from duomind.generate.speculative import (
     Draft,
     Pseudo,
@@ -144,12 +144,16 @@ def test_stop_tokens_and_budget():
     assert speculative_generate(model, [1, 2, 3], DraftModel(model, k=4), max_new_tokens=3) == free[:3]
 
 
-def test_firp_training_forward_equals_decode_forward():
-    model = next(_models())[1].eval()
+@pytest.mark.parametrize("index", range(3))
+def test_firp_training_forward_equals_decode_forward(index):
+    """Training runs only the pseudo positions over the base pass's keys/values; decoding runs them beside the
+    real nodes over a KV cache. Same logits (sliding windows and soft-capping included)."""
+    model = list(_models())[index][1].eval()
     firp = _noisy(build(model, "firp", 3, 2), 0.3, 0)
     x = torch.randint(0, V, (1, 10), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        ref = pseudo_logits(model, firp, model(x, output_hidden_states=True).hidden_states[2])[0]  # (T, k, V)
+        out, kv = base_pass(model, x)
+        ref = pseudo_logits(model, firp, out.hidden_states[2], kv)[0]  # (T, k, V)
         cache = KVCache(model.config, 1, 64)
         ps = Pseudo(2, 3, lambda h: firp(h, 3))
         out = tree_forward(model, cache, x[0, :6], torch.arange(6), torch.ones(6, 6, dtype=torch.bool).tril(),

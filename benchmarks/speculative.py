@@ -90,8 +90,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweep_prompts", type=int, default=None, help="math prompts per l/k sweep point (default: --prompts)")
     p.add_argument("--train_only", action="store_true", help="build the draft model and predictors, then stop")
-    p.add_argument("--predictor_steps", type=int, default=150, help="training steps of the FIRP / Medusa predictors")
-    p.add_argument("--predictor_batch", type=int, default=4, help="windows per predictor training step")
+    p.add_argument("--predictor_steps", type=int, default=1600, help="training steps of the FIRP / Medusa predictors")
+    p.add_argument("--predictor_batch", type=int, default=8, help="windows per predictor training step")
     p.add_argument("--checkpoint", default=None,
                    help="benchmark this checkpoint instead of bench-base's final one (e.g. an earlier step)")
     args = p.parse_args()

@@ -234,27 +234,36 @@ def main() -> None:
     result["firp_speedup_math"], result["firp_speedup_text"] = firp_best["math"], firp_best["text"]
     _common.write("speculative", result, out)
 
+    plot(result, out / "speculative.png")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Left: speedup per method and prompt set; right: the FIRP sweep over l and k (from the result alone)."""
     plt = _common.figure()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
-    names = list(methods)
-    for i, set_name in enumerate(results):
-        ax1.bar([x + 0.4 * i for x in range(len(names))], [results[set_name][m]["speedup"] for m in names],
+    runs = result["runs"]
+    names = list(next(iter(runs.values())))
+    for i, set_name in enumerate(runs):
+        ax1.bar([x + 0.4 * i for x in range(len(names))], [runs[set_name][m]["speedup"] for m in names],
                 width=0.4, label=set_name)
     ax1.axhline(1.0, color="k", lw=0.8)
     ax1.axhline(2.0, color="r", lw=0.8, ls="--", label="goal (math)")
     ax1.set_xticks([x + 0.2 for x in range(len(names))], names, rotation=30, fontsize=7)
     ax1.set_ylabel("speedup over plain decoding (tokens/s)")
-    ax1.set_title(f"batch 1, greedy, {Path(str(ckpt)).name} (CPU, 1 thread)", fontsize=9)
+    ax1.set_title(f"batch 1, greedy, {Path(result['setup']['model']).name} (CPU, 1 thread)", fontsize=9)
     ax1.legend(fontsize=7)
-    for layer in layers:
-        ks = [v["k"] for v in sweep.values() if v["layer"] == layer]
-        ax2.plot(ks, [v["speedup"] for v in sweep.values() if v["layer"] == layer], marker="o", label=f"l = {layer}")
+    sweep = result["sweep"].values()
+    for layer in sorted({v["layer"] for v in sweep}):
+        points = [v for v in sweep if v["layer"] == layer]
+        ax2.plot([v["k"] for v in points], [v["speedup"] for v in points], marker="o", label=f"l = {layer}")
+    ax2.set_xticks(sorted({v["k"] for v in sweep}))
     ax2.set_xlabel("draft length k (chain)")
     ax2.set_ylabel("FIRP speedup, math prompts")
     ax2.set_title("FIRP sweep over layer l and k", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "speculative.png")
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ interleaved, rotating who goes first each round, so machine noise hits all alike
 length k are swept on the math prompts.
 
 Predictors (FIRP for each swept l, Medusa heads) and the draft model are trained once and cached in
-.duomind_cache/ (train them under the train lock: `python benchmarks/speculative.py --train_only`).
+.duomind_cache/ (train them under the train lock: `python benchmarks/speculative.py --train_only`; the
+default 1,600 predictor steps took 38 min on two threads, the benchmark itself about 13 min on one).
 
     python benchmarks/speculative.py --threads 1        # full: benchmarks/results/speculative.{json,png}
     python benchmarks/speculative.py --quick --threads 1

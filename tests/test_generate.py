@@ -48,6 +48,19 @@ def test_stop_tokens_end_each_sequence_and_streaming_sees_every_token(model):
     assert seen == out
 
 
+def test_a_chosen_first_token_continues_as_if_it_ended_the_prompt(model):
+    prompts = [[5, 9, 11, 3], [7, 1]]
+    seen = []
+
+    def choose(logits):
+        seen.append(logits.shape)
+        return [42, 17]
+
+    out = generate(model, prompts, max_new_tokens=6, first_token=choose)
+    assert seen == [(2, 128)]  # called once, on the prefill's logits
+    assert out == [[f, *greedy_uncached(model, [*p, f], 5)] for p, f in zip(prompts, (42, 17))]
+
+
 def test_sampling_is_seeded_and_respects_top_k(model):
     a = generate(model, [[1, 2, 3]], max_new_tokens=10, temperature=1.0, seed=7)
     b = generate(model, [[1, 2, 3]], max_new_tokens=10, temperature=1.0, seed=7)

@@ -40,6 +40,7 @@ def generate(
     stop_tokens: Iterable[int] = (),
     stream: StreamFn | None = None,
     seed: int | None = None,
+    first_token: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[int]]:
     """Generate continuations for a batch of token-id prompts.
 
@@ -53,6 +54,8 @@ def generate(
         stop_tokens: Token ids that end a sequence (included in its output).
         stream: Called as stream(row, token) for every new token as soon as it is chosen.
         seed: Seed for sampling (a private generator; global RNG untouched).
+        first_token: Picks each row's first new token from the prefill's (B, V) logits instead of sampling
+            (auto mode's calibrated think-or-answer choice, `duomind.reasoner.router`).
 
     Returns:
         The new tokens of each prompt, stopping after the first stop token.
@@ -83,7 +86,10 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     steps = 0
     for t in range(max_new_tokens):
-        token = sample(logits, temperature, top_k, top_p, gen)
+        if t == 0 and first_token is not None:
+            token = torch.as_tensor(first_token(logits), dtype=torch.long, device=device).reshape(B)
+        else:
+            token = sample(logits, temperature, top_k, top_p, gen)
         out[:, t] = token
         steps = t + 1
         if stream is not None:

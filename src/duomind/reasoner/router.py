@@ -72,15 +72,8 @@ def generate_auto(model, tok, prompts: Sequence[Sequence[int]], max_new_tokens: 
     from duomind.tokenizer import END_THINK, THINK, special_ids
 
     ids = special_ids(tok)
-    first = auto_first_tokens(first_step_logits(model, prompts), ids[THINK], ids[END_THINK], threshold)
-    stops = set(stop_tokens)
-    outs = [[t] for t in first]
-    rows = [i for i, t in enumerate(first) if t not in stops]
-    if rows and max_new_tokens > 1:
-        rest = generate(model, [[*prompts[i], first[i]] for i in rows], max_new_tokens - 1, stop_tokens=stops)
-        for i, r in zip(rows, rest):
-            outs[i] += r
-    return outs
+    return generate(model, prompts, max_new_tokens, stop_tokens=stop_tokens,
+                    first_token=lambda logits: auto_first_tokens(logits, ids[THINK], ids[END_THINK], threshold))
 
 
 def calibrate(p: Sequence[float], fast: Sequence[bool], slow: Sequence[bool], fast_tokens: Sequence[int],

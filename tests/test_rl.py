@@ -191,6 +191,22 @@ def test_sim_long_tail_favours_ssp_and_respects_the_bound():
 
 
 # -- bad input ----------------------------------------------------------------------------------------
+def test_cpu_use_splits_the_cpu_by_process_and_counts_a_restarted_actor_from_its_start():
+    from duomind.rl.loop import cpu_use
+
+    machine = lambda busy, idle, steal: {"user": busy, "system": 0.0, "idle": idle, "iowait": 0.0,  # noqa: E731
+                                         "steal": steal, "guest": busy}  # guest lies inside user
+    start = {"driver": 1.0, "actors": {"worker0": (10, 5.0), "worker1": (11, 5.0), "reward": (12, 1.0)},
+             "machine": machine(100.0, 100.0, 0.0)}
+    end = {"driver": 4.0, "actors": {"worker0": (10, 9.0), "worker1": (99, 2.0), "reward": (12, 1.5)},
+           "machine": machine(107.0, 101.0, 2.0)}  # 10 s of machine time over 5 s on 2 cores
+    use = cpu_use(start, end, wall=5.0)
+    assert use["driver_s"] == 3.0
+    assert use["actors_s"] == {"worker0": 4.0, "worker1": 2.0, "reward": 0.5}  # worker1 restarted as pid 99
+    assert use["cores_used"] == pytest.approx((3.0 + 4.0 + 2.0 + 0.5) / 5.0)
+    assert use["machine_busy_fraction"] == pytest.approx(0.7) and use["machine_steal_fraction"] == pytest.approx(0.2)
+
+
 def test_missing_ray_names_the_extra(monkeypatch):
     from duomind.rl.workers import require_ray
 

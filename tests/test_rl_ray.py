@@ -84,6 +84,11 @@ def test_killed_worker_is_restarted_and_slow_rewards_fail_per_sample(ray_session
     assert sum(row["samples"] - prev for row, prev in zip(history, [0] + [r["samples"] for r in history])) == 12
     assert all(row["staleness_hist"] == {"0": 2} for row in history)
     assert 1 not in consumed and 1 in summary["accepted_jobs"]  # failed, accounted for, not learned from
+    # where the CPU went, read from outside the actors: every process, the restarted worker from its own start
+    cpu = summary["cpu"]
+    assert set(cpu["actors_s"]) == {"worker0", "worker1", "reward"} and cpu["driver_s"] > 0
+    assert all(0 <= v < cpu["wall_s"] * 2 for v in cpu["actors_s"].values())
+    assert 0 < cpu["machine_busy_fraction"] <= 1 and 0 <= cpu["machine_steal_fraction"] < 1
 
 
 @pytest.mark.slow  # three actor start-ups per run on two cores: ~45 s

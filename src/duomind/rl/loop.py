@@ -127,6 +127,8 @@ class RLRun:
         self.group_tokens: list[int] = []
         self.step_seconds: list[float] = []
         self.reward_state = None
+        self.pids: dict[str, int] = {}  # actor name -> process id, for CPU accounting
+        self.cpu: dict | None = None  # cpu_use() of the last loop
 
     # -- prompts and jobs --------------------------------------------------------------------------
     def _mode(self, prompt: int) -> str:
@@ -159,7 +161,8 @@ class RLRun:
                          include_dashboard=False, log_to_driver=False)
         self.workers = [self._spawn_worker() for _ in range(cfg.workers)]
         self.rewarder = reward_actor(ray, self.reward_fn)
-        ray.get([w.ready.remote() for w in self.workers] + [self.rewarder.ready.remote()])
+        pids = ray.get([w.ready.remote() for w in self.workers] + [self.rewarder.ready.remote()])
+        self.pids = {f"worker{i}": pid for i, pid in enumerate(pids[:-1])} | {"reward": pids[-1]}
         if self.reward_state is not None:
             ray.get(self.rewarder.load_state.remote(self.reward_state))
 
@@ -237,7 +240,7 @@ class RLRun:
         gen: dict = {}  # ref -> (job id, worker slot)
         scoring: dict = {}  # ref -> (job id, generation result, deadline)
         depth = 1 if cfg.staleness == 0 else 2  # a queued job keeps a worker busy while the driver is stepping
-        t0 = time.perf_counter()
+        cpu0, t0 = self._cpu(), time.perf_counter()
         busy, samples_done, history = 0.0, 0, []
         with progress_bar("rl", cfg.max_steps, enabled=cfg.progress, completed=sched.version, unit="step") as advance:
             while sched.version < cfg.max_steps:
@@ -279,6 +282,7 @@ class RLRun:
                     self._save()
                 advance(1, info=f"reward {row['reward_mean']:.3f} · acc {row['accuracy']:.2f} · "
                                 f"{row['samples_per_s']:.1f} samples/s")
+        self.cpu = cpu_use(cpu0, self._cpu(), time.perf_counter() - t0)
         return history
 
     def _send(self, job: dict, load: list[int], gen: dict, weights: list) -> None:
@@ -320,7 +324,7 @@ class RLRun:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass
         self.workers[slot] = self._spawn_worker()
-        ray.get(self.workers[slot].ready.remote())
+        self.pids[f"worker{slot}"] = ray.get(self.workers[slot].ready.remote())
         self.counts["worker_restarts"] += 1
 
     def _scored(self, ref, scoring: dict) -> None:
@@ -329,6 +333,7 @@ class RLRun:
             scores = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:  # the reward actor itself failed: per-sample failures
             self.rewarder = reward_actor(self.ray, self.reward_fn)
+            self.pids.pop("reward", None)  # its CPU time is no longer measured
             self.counts["reward_restarts"] += 1
             scores = [{"reward": None, "error": str(e)}] * len(result["responses"])
         self._complete(job_id, result, scores, None)
@@ -358,6 +363,20 @@ class RLRun:
             self.counts["groups_stale"] += 1
 
     # -- metrics -----------------------------------------------------------------------------------
+    def _cpu(self) -> dict:
+        """CPU seconds used so far by the driver and by each actor process (read from outside, so a busy actor
+        need not answer; only for a local Ray, whose pids are this machine's), and the machine's CPU times."""
+        import psutil
+
+        actors = {}
+        for name, pid in self.pids.items() if not self.cfg.ray_address else ():
+            try:
+                t = psutil.Process(pid).cpu_times()
+                actors[name] = (pid, t.user + t.system)
+            except psutil.Error:  # gone (killed, being restarted)
+                pass
+        return {"driver": time.process_time(), "actors": actors, "machine": psutil.cpu_times()._asdict()}
+
     def _row(self, batch: list[Group], metrics: dict, wall: float, busy: float, samples_done: int) -> dict:
         samples = [s for g in batch for s in g.payload["samples"]]
         rewards = [s.reward for s in samples if s.reward is not None]
@@ -397,7 +416,26 @@ class RLRun:
                 "wall_s": last.get("wall_s"), "counts": dict(self.counts), "groups_dropped": len(self.sched.dropped),
                 "accepted_jobs": sorted(self.accepted), "accuracy_before": before, "accuracy_after": after,
                 "group_seconds": self.group_seconds, "group_tokens": self.group_tokens,
-                "step_seconds": self.step_seconds, "history": history}
+                "step_seconds": self.step_seconds, "cpu": self.cpu, "history": history}
+
+
+def cpu_use(start: dict, end: dict, wall: float) -> dict:
+    """Where the CPU went between two `RLRun._cpu` snapshots `wall` seconds apart: seconds per process, cores
+    in use on average by the run's own processes, and the machine's busy and steal shares (steal: time the
+    hypervisor gave other guests; it is what makes a shared VM's speed drift between runs). An actor restarted
+    in between counts from its own start; one that could not be read is left out."""
+    actors = {}
+    for name, (pid, secs) in end["actors"].items():
+        before = start["actors"].get(name)
+        actors[name] = secs - before[1] if before and before[0] == pid else secs
+    driver = end["driver"] - start["driver"]
+    # guest time is already inside user time
+    times = {k: end["machine"][k] - v for k, v in start["machine"].items() if k not in ("guest", "guest_nice")}
+    total = max(sum(times.values()), 1e-9)
+    idle, steal = times.get("idle", 0.0) + times.get("iowait", 0.0), times.get("steal", 0.0)
+    return {"wall_s": wall, "driver_s": driver, "actors_s": actors,
+            "cores_used": (driver + sum(actors.values())) / max(wall, 1e-9),
+            "machine_busy_fraction": (total - idle - steal) / total, "machine_steal_fraction": steal / total}
 
 
 def train_rl(cfg: RLConfig, reward_fn: RewardFn | None = None) -> dict:

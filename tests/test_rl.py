@@ -205,6 +205,8 @@ def test_cpu_use_splits_the_cpu_by_process_and_counts_a_restarted_actor_from_its
     assert use["actors_s"] == {"worker0": 4.0, "worker1": 2.0, "reward": 0.5}  # worker1 restarted as pid 99
     assert use["cores_used"] == pytest.approx((3.0 + 4.0 + 2.0 + 0.5) / 5.0)
     assert use["machine_busy_fraction"] == pytest.approx(0.7) and use["machine_steal_fraction"] == pytest.approx(0.2)
+    remote = cpu_use({**start, "actors": {}}, {**end, "actors": {}}, wall=5.0)  # a joined cluster: not measured
+    assert remote["cores_used"] is None and remote["driver_s"] == 3.0
 
 
 def test_missing_ray_names_the_extra(monkeypatch):

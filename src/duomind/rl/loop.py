@@ -422,8 +422,9 @@ class RLRun:
 def cpu_use(start: dict, end: dict, wall: float) -> dict:
     """Where the CPU went between two `RLRun._cpu` snapshots `wall` seconds apart: seconds per process, cores
     in use on average by the run's own processes, and the machine's busy and steal shares (steal: time the
-    hypervisor gave other guests; it is what makes a shared VM's speed drift between runs). An actor restarted
-    in between counts from its own start; one that could not be read is left out."""
+    hypervisor gave other guests, one reason a shared VM's speed drifts between runs). An actor restarted
+    in between counts from its own start; one that could not be read is left out. The machine's shares are
+    this machine's (the driver's, on a joined cluster)."""
     actors = {}
     for name, (pid, secs) in end["actors"].items():
         before = start["actors"].get(name)
@@ -434,7 +435,8 @@ def cpu_use(start: dict, end: dict, wall: float) -> dict:
     total = max(sum(times.values()), 1e-9)
     idle, steal = times.get("idle", 0.0) + times.get("iowait", 0.0), times.get("steal", 0.0)
     return {"wall_s": wall, "driver_s": driver, "actors_s": actors,
-            "cores_used": (driver + sum(actors.values())) / max(wall, 1e-9),
+            # None on a joined cluster: its actors run elsewhere and are not measured
+            "cores_used": (driver + sum(actors.values())) / max(wall, 1e-9) if actors else None,
             "machine_busy_fraction": (total - idle - steal) / total, "machine_steal_fraction": steal / total}
 
 

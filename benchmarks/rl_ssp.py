@@ -151,10 +151,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600, help="learner steps per staleness bound (16 samples each)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved throughput rounds after the learning runs")
     p.add_argument("--round_steps", type=int, default=100, help="learner steps per staleness bound in a round")
+    p.add_argument("--work_dir", default=None,
+                   help="keep the RL runs (checkpoints, metrics, plots) here; by default a temporary directory, removed at the end")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.round_steps = 1, 2
     out = _common.out_dir(args)
+    import shutil
     import tempfile
 
     import ray
@@ -167,7 +170,7 @@ def main() -> None:
     t0 = time.perf_counter()
     paths = build(args.quick, args.threads)
     build_s = time.perf_counter() - t0
-    work = Path(tempfile.mkdtemp(prefix="rl-ssp-"))
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="rl-ssp-"))
     ray.init(num_cpus=4, object_store_memory=128 << 20, include_dashboard=False, log_to_driver=False)
     runs = {}
     try:
@@ -188,6 +191,8 @@ def main() -> None:
 
     counts_before = pass_counts(paths["policy"], eval_tasks, seed=1000)
     counts_after = {str(s): pass_counts(latest_checkpoint(work / f"s{s}"), eval_tasks, seed=1000) for s in STALENESS}
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
     sampled_before = sum(counts_before) / (8 * len(eval_tasks))
     sampled_after = {s: sum(c) / (8 * len(eval_tasks)) for s, c in counts_after.items()}
     # paired over problems: the spread of the per-problem change, not of two independent means

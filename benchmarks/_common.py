@@ -8,10 +8,12 @@ temporary directory unless `--out` is given, never over benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,13 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="torch threads (default: all cores); use 1 while another process loads the machine, "
                         "where spinning intra-op threads slow small ops by orders of magnitude")
     return p
+
+
+def scratch(prefix: str) -> Path:
+    """A temporary directory for a run's intermediate files (models, checkpoints), removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def out_dir(args: argparse.Namespace) -> Path:

@@ -15,7 +15,6 @@ the report separates what a decode loop can remove (the overhead above the floor
 from __future__ import annotations
 
 import sys
-import tempfile
 
 import _common
 
@@ -36,7 +35,7 @@ def build(quick: bool, preset: str | None = None):
         num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
         num_key_value_heads=size.num_key_value_heads, max_position_embeddings=1024, attn_implementation="sdpa",
         pad_token_id=0, eos_token_id=None, bos_token_id=None)).eval()
-    path = tempfile.mkdtemp(prefix="decode-bench-")
+    path = str(_common.scratch("decode-bench-"))
     hf.save_pretrained(path)
     ours = load_hf_model_as_duomind(path)
     x = torch.randint(0, size.vocab_size, (2, 16))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def main() -> None:
     from duomind.config import TrainConfig
     from duomind.train.loop import train
 
-    work = Path(tempfile.mkdtemp(prefix="dssn-"))
+    work = _common.scratch("dssn-")
     corpus, tok = make_data(work, 400 if args.quick else 4000)
     model = dict(num_hidden_layers=args.layers, hidden_size=args.hidden, num_attention_heads=4,
                  num_key_value_heads=2, intermediate_size=args.hidden * 3, tie_word_embeddings=False,

@@ -18,7 +18,6 @@ split into chunks with --stop_at) resumes where it stopped.
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def main() -> None:
     q = args.quick
     # each training set size gets its own cache (data and checkpoints); the test set is the same for all
     cache = f"medical-bench-n{args.n_train}"
-    work = Path(tempfile.mkdtemp(prefix="med-bench-")) if q else _common.CACHE / cache
+    work = _common.scratch("med-bench-") if q else _common.CACHE / cache
     sizes = dict(n_train=4, n_test=3, captions=8) if q else dict(n_train=args.n_train, n_test=100, captions=1500)
     paths = make_data(work, **sizes)
     steps, align_steps = args.steps or (3 if q else 8000), args.align_steps or (2 if q else 150)

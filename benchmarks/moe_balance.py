@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import _common
@@ -58,7 +57,7 @@ def main() -> None:
     if args.steps:
         recipe["max_steps"] = args.steps
     recipe["save_every"] = recipe["max_steps"]
-    work = Path(tempfile.mkdtemp(prefix="moe-balance-"))
+    work = _common.scratch("moe-balance-")
     runs: dict[str, list[dict]] = {}
     evals: dict[str, float] = {}
     for kind in ("moge", "moe"):

@@ -157,9 +157,6 @@ def main() -> None:
     if args.quick:
         args.rounds, args.round_steps = 1, 2
     out = _common.out_dir(args)
-    import shutil
-    import tempfile
-
     import ray
     import torch
 
@@ -170,7 +167,7 @@ def main() -> None:
     t0 = time.perf_counter()
     paths = build(args.quick, args.threads)
     build_s = time.perf_counter() - t0
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="rl-ssp-"))
+    work = Path(args.work_dir) if args.work_dir else _common.scratch("rl-ssp-")
     ray.init(num_cpus=4, object_store_memory=128 << 20, include_dashboard=False, log_to_driver=False)
     runs = {}
     try:
@@ -191,8 +188,6 @@ def main() -> None:
 
     counts_before = pass_counts(paths["policy"], eval_tasks, seed=1000)
     counts_after = {str(s): pass_counts(latest_checkpoint(work / f"s{s}"), eval_tasks, seed=1000) for s in STALENESS}
-    if not args.work_dir:
-        shutil.rmtree(work, ignore_errors=True)
     sampled_before = sum(counts_before) / (8 * len(eval_tasks))
     sampled_after = {s: sum(c) / (8 * len(eval_tasks)) for s, c in counts_after.items()}
     # paired over problems: the spread of the per-problem change, not of two independent means

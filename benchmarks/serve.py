@@ -35,7 +35,6 @@ def bench_model(quick: bool) -> tuple[Path, dict]:
     from pulling files out from under the server.
     """
     import shutil
-    import tempfile
 
     from duomind.config import load_mapping
     from duomind.train.checkpoint import latest_checkpoint
@@ -49,7 +48,7 @@ def bench_model(quick: bool) -> tuple[Path, dict]:
         raise SystemExit("bench-base has no checkpoint yet; build it first (benchmarks/_common.py:base_model).")
     if ckpt.name == f"step-{steps:06d}":
         return ckpt, {"source": "bench-base", "step": steps}
-    snap = Path(tempfile.mkdtemp(prefix="serve-bench-model-"))
+    snap = _common.scratch("serve-bench-model-")
     for f in ckpt.iterdir():  # model, config and tokenizer; not the optimizer state
         if f.is_file() and f.name not in ("optimizer.safetensors", "rng.safetensors", "trainer_state.json", "COMPLETE"):
             shutil.copy2(f, snap / f.name)
@@ -166,10 +165,6 @@ def main() -> None:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-        if "of_steps" in model_info:  # our temporary copy
-            import shutil
-
-            shutil.rmtree(checkpoint, ignore_errors=True)
 
     levels = {}
     for c, runs in samples.items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import _common
@@ -347,7 +346,7 @@ def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     args = p.parse_args()
     out = _common.out_dir(args)
-    profile = Path(tempfile.mkdtemp(prefix="sim-local-")) / "local.json"
+    profile = _common.scratch("sim-local-") / "local.json"
     local = measure_local(args.quick, profile)
     for c in local["cases"]:
         print(f"local {c['model']:9s} {c['kind']:12s} measured {c['measured_s'] * 1e3:9.3f} ms  predicted "

@@ -40,7 +40,7 @@ def generate(
     stop_tokens: Iterable[int] = (),
     stream: StreamFn | None = None,
     seed: int | None = None,
-    first_token: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    first_token: Callable[[torch.Tensor], torch.Tensor | Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Generate continuations for a batch of token-id prompts.
 

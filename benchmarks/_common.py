@@ -22,7 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from duomind.machine import cpu_shares, cpu_times
 from duomind.sim.calibrate import cpu_name  # torch-free at import
+
+CPU_AT_START = cpu_times()  # the machine's CPU times when the benchmark started, for its load record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -69,7 +72,9 @@ def provenance() -> dict:
     info = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": commit,
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version()}}
+                        "python": platform.python_version(),
+                        # shares of all CPU time since the benchmark started, its own work included
+                        "load_during_run": {k: round(v, 4) for k, v in cpu_shares(CPU_AT_START, cpu_times()).items()}}}
     try:
         import torch
 

@@ -54,6 +54,8 @@ def test_quick_benchmark_writes_results(name, tmp_path):
     for key in KEYS[name]:
         assert key in result, key
     assert result["provenance"]["git_commit"] and result["provenance"]["machine"]["cores"]
+    load = result["provenance"]["machine"]["load_during_run"]  # busy includes the benchmark's own work
+    assert 0 < load["busy_fraction"] <= 1 and 0 <= load["steal_fraction"] < 1
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
     if name == "decode":
         assert result["greedy_outputs_equal"] is True  # same weights, same greedy tokens

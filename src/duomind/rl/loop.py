@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from duomind.machine import cpu_shares, cpu_times
 from duomind.progress import progress_bar
 from duomind.rl.config import RLConfig
 from duomind.rl.reward import RewardFn, make_reward
@@ -375,7 +376,7 @@ class RLRun:
                 actors[name] = (pid, t.user + t.system)
             except psutil.Error:  # gone (killed, being restarted)
                 pass
-        return {"driver": time.process_time(), "actors": actors, "machine": psutil.cpu_times()._asdict()}
+        return {"driver": time.process_time(), "actors": actors, "machine": cpu_times()}
 
     def _row(self, batch: list[Group], metrics: dict, wall: float, busy: float, samples_done: int) -> dict:
         samples = [s for g in batch for s in g.payload["samples"]]
@@ -421,8 +422,8 @@ class RLRun:
 
 def cpu_use(start: dict, end: dict, wall: float) -> dict:
     """Where the CPU went between two `RLRun._cpu` snapshots `wall` seconds apart: seconds per process, cores
-    in use on average by the run's own processes, and the machine's busy and steal shares (steal: time the
-    hypervisor gave other guests, one reason a shared VM's speed drifts between runs). An actor restarted
+    in use on average by the run's own processes, and the machine's busy and steal shares
+    (`duomind.machine`). An actor restarted
     in between counts from its own start; one that could not be read is left out. The machine's shares are
     this machine's (the driver's, on a joined cluster)."""
     actors = {}
@@ -430,14 +431,11 @@ def cpu_use(start: dict, end: dict, wall: float) -> dict:
         before = start["actors"].get(name)
         actors[name] = secs - before[1] if before and before[0] == pid else secs
     driver = end["driver"] - start["driver"]
-    # guest time is already inside user time
-    times = {k: end["machine"][k] - v for k, v in start["machine"].items() if k not in ("guest", "guest_nice")}
-    total = max(sum(times.values()), 1e-9)
-    idle, steal = times.get("idle", 0.0) + times.get("iowait", 0.0), times.get("steal", 0.0)
+    shares = cpu_shares(start["machine"], end["machine"])
     return {"wall_s": wall, "driver_s": driver, "actors_s": actors,
             # None on a joined cluster: its actors run elsewhere and are not measured
             "cores_used": (driver + sum(actors.values())) / max(wall, 1e-9) if actors else None,
-            "machine_busy_fraction": (total - idle - steal) / total, "machine_steal_fraction": steal / total}
+            "machine_busy_fraction": shares["busy_fraction"], "machine_steal_fraction": shares["steal_fraction"]}
 
 
 def train_rl(cfg: RLConfig, reward_fn: RewardFn | None = None) -> dict:

@@ -10,7 +10,9 @@ the learner in the driver process. Reported: samples/s, learner idle fraction, r
 and against samples; accuracy before and after RL on unseen problems of medium difficulty for the policy
 (Stage-1a definition: pass rate of 8 samples strictly between 1/3 and 2/3), sampled (T = 1) and greedy;
 and a discrete-event simulation fed with the measured per-group latencies and learner step times at 64
-rollout workers.
+rollout workers. Throughput is then measured again in interleaved rounds of short runs (the order of s rotated,
+a new seed each round); the headline ratios are the medians of the rounds' paired ratios. Every run records
+where the CPU went (`cpu`: seconds per process, cores in use, the machine's busy and steal shares).
 
     python benchmarks/rl_ssp.py --threads 1      # full: benchmarks/results/rl_ssp.{json,png}
     python benchmarks/rl_ssp.py --quick
@@ -154,6 +156,8 @@ def main() -> None:
     p.add_argument("--work_dir", default=None,
                    help="keep the RL runs (checkpoints, metrics, plots) here; by default a temporary directory, removed at the end")
     args = p.parse_args()
+    if args.rounds < 1 or args.round_steps < 1:
+        p.error("--rounds and --round_steps must be >= 1: the headline ratios are medians over the rounds.")
     if args.quick:
         args.rounds, args.round_steps = 1, 2
     out = _common.out_dir(args)

@@ -128,7 +128,7 @@ def throughput_rounds(paths: dict, work: Path, args) -> list[dict]:
     rounds = []
     for r in range(args.rounds):
         row = {}
-        for s in STALENESS[r % 3:] + STALENESS[:r % 3]:
+        for s in STALENESS[r % len(STALENESS):] + STALENESS[:r % len(STALENESS)]:
             cfg = config(paths, s, work / f"round{r}", args.quick, args.workers, args.round_steps, seed=r + 1,
                          evaluate=False)
             summary = RLRun(cfg).run()
